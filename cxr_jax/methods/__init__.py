@@ -1,0 +1,18 @@
+"""Training methods; each is a `cxr_jax.methods.base.Method` subclass named by `config.method`."""
+
+from __future__ import annotations
+
+import importlib
+
+# config.method -> 'module:Class'
+METHODS = {
+    'moco': 'cxr_jax.methods.moco:MoCo',
+}
+
+
+def get(name: str):
+  if name not in METHODS:
+    raise ValueError(f'config.method={name!r} is not a known method; known: '
+                     f'{", ".join(sorted(METHODS))}')
+  module, cls = METHODS[name].split(':')
+  return getattr(importlib.import_module(module), cls)

@@ -8,6 +8,7 @@ left as it was. Rerunning the same command on the same workdir resumes from its 
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
 import sys
 
@@ -33,14 +34,32 @@ def _fail(message: str, code: int = 2):
   sys.exit(code)
 
 
+def _one_line(message: str) -> str:
+  """First line of an error, plus the exception line when a traceback is embedded in it."""
+  lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+  if not lines:
+    return 'unknown error'
+  if len(lines) > 1 and any(line.startswith('Traceback') for line in lines):
+    return f'{lines[0].rstrip(":")}: {lines[-1]}'
+  return lines[0]
+
+
+def _last_line(message: str) -> str:
+  lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+  return lines[-1] if lines else 'unknown error'
+
+
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-  except (KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-    # Raised while loading the config file or applying --config.x overrides.
-    _fail(f'{type(e).__name__}: {str(e).strip().splitlines()[0]}')
+    _fail(_one_line(str(e)))
+  except (KeyError, AttributeError) as e:
+    # ml_collections raises these for an unknown top-level --config.<key> override.
+    key = str(e).strip('\'"')
+    _fail(f'unknown config field {key!r} (from a --config.* flag; the config is locked)')
+  except (ValueError, TypeError, OSError) as e:
+    _fail(f'{type(e).__name__}: {_one_line(str(e))}')
 
 
 def validate(config) -> None:
@@ -91,6 +110,20 @@ def write_config(config, workdir: str) -> None:
   os.replace(tmp, path)
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Drops INFO records from Orbax and TFDS internals (dozens per checkpoint); keeps warnings."""
+
+  NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/')
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or not any(
+        part in record.pathname for part in self.NOISY)
+
+
+def setup_logging() -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 def setup_jax(config) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if config.compilation_cache_dir:
@@ -107,11 +140,16 @@ def main(argv):
     _fail('--config is required (e.g. --config=configs/moco.py:cpu)')
   config = _CONFIG.value
   try:
+    config.get('method')
+  except OSError as e:  # config_flags defers a missing/broken config file to first access
+    _fail(f'cannot load the config: {_last_line(str(e))}')
+  try:
     validate(config)
     workdir = prepare_workdir(_WORKDIR.value)
   except UsageError as e:
     _fail(str(e))
 
+  setup_logging()
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIHOST.value:
     jax.distributed.initialize()
@@ -126,7 +164,7 @@ def main(argv):
     result = trainer.train_and_evaluate(config, workdir)
   except (trainer.NonFiniteLossError, ValueError, FileNotFoundError) as e:
     logging.exception('Training stopped')
-    _fail(str(e).splitlines()[0], code=1)
+    _fail(_one_line(str(e)), code=1)
   if jax.process_index() == 0:
     summary = {'train': result['train'], 'eval': result['eval']}
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:

@@ -41,9 +41,12 @@ def make_mesh(mesh_axes: Sequence[tuple[str, int]], num_devices: int = 0) -> Mes
   if math.prod(sizes) != len(devices):
     raise ValueError(f'config.mesh={mesh_axes} needs {math.prod(sizes)} devices, '
                      f'{len(devices)} are in use')
+  # Auto axes: shardings inside the step are propagated by XLA from the inputs' and outputs'
+  # shardings (JAX's explicit-sharding mode would ask every gather for an output sharding).
+  axis_types = (jax.sharding.AxisType.Auto,) * len(names)
   if len(devices) == len(jax.devices()):
-    return jax.make_mesh(tuple(sizes), names, devices=devices)
-  return Mesh(np.asarray(devices).reshape(sizes), names)
+    return jax.make_mesh(tuple(sizes), names, axis_types=axis_types, devices=devices)
+  return Mesh(np.asarray(devices).reshape(sizes), names, axis_types=axis_types)
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:

@@ -38,6 +38,9 @@ class Evaluator:
     self.config = config
     self.mesh = mesh
     self._sources = {}
+    shards = sharding.num_batch_shards(mesh)
+    # Eval batches are padded anyway, so round the batch up to what the mesh can split evenly.
+    self.global_batch_size = -(-config.eval.global_batch_size // shards) * shards
     _, info = datasets.load_source(config.data.name, config.data.eval_split, config.data.data_dir)
     label = info.features['label'] if 'label' in info.features else None
     self.num_classes = int(label.num_classes) if label is not None else 0
@@ -51,7 +54,7 @@ class Evaluator:
 
   def batches(self, split: str, transform):
     for host_batch in pipeline.eval_batches(
-        self.source(split), global_batch_size=self.config.eval.global_batch_size,
+        self.source(split), global_batch_size=self.global_batch_size,
         transform=transform, num_threads=self.config.data.num_threads):
       yield sharding.host_to_global(host_batch, self.mesh)
 
@@ -148,7 +151,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if step == start_step + 1:
       jax.block_until_ready(metrics)
       logging.info('First step (compile included) took %.1f s', time.monotonic() - compile_start)
-    progress(step)
+      progress(step)  # the reporter's time baseline starts after compilation
 
     is_last = step == total_steps
     save_now = is_last or checkpointer.should_save(step) or checkpointer.reached_preemption(step)
@@ -157,6 +160,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       pending = []
       _check_finite(last_train, step, last_saved)
       writer.write_scalars(step, {f'train/{k}': v for k, v in last_train.items()})
+      progress(step)  # after the fetch above, so its rates measure finished steps
     if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
       last_eval = method.evaluate(state, evaluator)
       if last_eval:

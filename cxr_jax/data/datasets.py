@@ -33,7 +33,7 @@ def get_builder(name: str, data_dir: str | None = None):
   check_name(name)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   importlib.import_module(BUILDER_MODULES[name.split('/')[0]])
-  return tfds.builder(name, data_dir=data_dir)
+  return tfds.builder(name, data_dir=data_dir or None)
 
 
 def prepare(name: str, data_dir: str | None = None):

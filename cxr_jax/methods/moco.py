@@ -105,6 +105,7 @@ class MoCo(base.Method):
         brightness=aug.brightness, contrast=aug.contrast, gamma=tuple(aug.gamma),
         blur_prob=aug.blur_prob, blur_sigma=tuple(aug.blur_sigma), hflip_prob=aug.hflip_prob,
         jitter_prob=aug.jitter_prob)
+    self.jit_features = jax.jit(self.features)
 
   def build_model(self, rngs):
     return MoCoNet(self.config, rngs=rngs)
@@ -169,7 +170,7 @@ class MoCo(base.Method):
   def evaluate(self, state, evaluator):
     knn = self.config.eval.knn
     accuracy = probes.knn_probe(
-        functools.partial(self.features, state), evaluator, transform=self.eval_transform(),
+        self.jit_features, state, evaluator, transform=self.eval_transform(),
         bank_split=self.config.data.train_split, query_split=self.config.data.eval_split,
         num_classes=evaluator.num_classes, k=knn.k, temperature=knn.temperature)
     return {'knn_accuracy': accuracy}

@@ -96,4 +96,4 @@ def _with_lr_multipliers(tx, params, multipliers) -> optax.GradientTransformatio
 
 
 def global_norm(tree: Any) -> jax.Array:
-  return optax.global_norm(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), tree))
+  return optax.tree.norm(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), tree))

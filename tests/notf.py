@@ -1,20 +1,31 @@
 """Hides TensorFlow from the current interpreter, for tests of TF-free paths.
 
-Call `install()` before anything imports TensorFlow (typically first thing in a
-subprocess); afterwards `import tensorflow` raises ModuleNotFoundError as if
-the package were not installed.
+Call `install()` before anything imports TensorFlow (first thing in a subprocess). Afterwards the
+interpreter behaves as if the package were not installed: `importlib.util.find_spec('tensorflow')`
+returns None (libraries such as etils and TFDS probe this way) and `import tensorflow` raises
+ModuleNotFoundError.
 """
 
-import importlib.abc
+import importlib.machinery
 import sys
 
 
-class _NoTF(importlib.abc.MetaPathFinder):
+def _hidden(name: str) -> bool:
+  return name == 'tensorflow' or name.startswith('tensorflow.')
 
-  def find_spec(self, name, path=None, target=None):
-    if name == 'tensorflow' or name.startswith('tensorflow.'):
-      raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+class _PathFinderWithoutTF(importlib.machinery.PathFinder):
+  """The standard path finder, blind to the tensorflow package."""
+
+  @classmethod
+  def find_spec(cls, fullname, path=None, target=None):
+    if _hidden(fullname):
+      return None
+    return super().find_spec(fullname, path, target)
 
 
 def install():
-  sys.meta_path.insert(0, _NoTF())
+  if any(_hidden(name) for name in sys.modules):
+    raise RuntimeError('tensorflow is already imported; call notf.install() first')
+  sys.meta_path[:] = [_PathFinderWithoutTF if finder is importlib.machinery.PathFinder else finder
+                      for finder in sys.meta_path]

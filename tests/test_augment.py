@@ -108,19 +108,19 @@ def test_sample_photometric_params_ranges():
   p = np.stack([aug.sample_photometric_params(rng, cfg) for _ in range(4000)])
   bright, contrast, gamma = p[:, aug.IDX_BRIGHTNESS], p[:, aug.IDX_CONTRAST], p[:, aug.IDX_GAMMA]
   sigma, flip = p[:, aug.IDX_BLUR_SIGMA], p[:, aug.IDX_HFLIP]
-  assert np.all(np.abs(bright) <= 0.4)
+  assert np.all((bright >= 0.6) & (bright <= 1.4))
   assert np.all((contrast >= 0.6) & (contrast <= 1.4))
   assert np.all((gamma >= 0.7 - 1e-6) & (gamma <= 1.4 + 1e-6))
   blurred = sigma > 0
   assert np.all((sigma[blurred] >= 0.1) & (sigma[blurred] <= 2.0))
   assert set(np.unique(flip)) <= {0.0, 1.0}
   # Frequencies follow the configured probabilities.
-  jittered = (bright != 0) | (contrast != 1) | (gamma != 1)
+  jittered = (bright != 1) | (contrast != 1) | (gamma != 1)
   assert abs(jittered.mean() - 0.8) < 0.03
   assert abs(blurred.mean() - 0.5) < 0.03
   assert abs(flip.mean() - 0.3) < 0.03
   # Jittered views span their ranges.
-  assert bright.min() < -0.35 and bright.max() > 0.35
+  assert bright.min() < 0.65 and bright.max() > 1.35
   assert gamma[jittered].min() < 0.72 and gamma.max() > 1.37
 
 
@@ -129,7 +129,7 @@ def test_sample_photometric_params_identity_when_disabled():
   rng = np.random.default_rng(0)
   for _ in range(50):
     np.testing.assert_array_equal(aug.sample_photometric_params(rng, cfg),
-                                  np.array([0, 1, 1, 0, 0], np.float32))
+                                  np.array([1, 1, 1, 0, 0], np.float32))
 
 
 def test_photometric_config_validation():
@@ -171,9 +171,9 @@ def test_apply_identity():
 def test_apply_brightness():
   img = _image(16, 16, seed=1)
   x = img.astype(np.float64) / 255
-  for delta in (0.3, -0.25):
-    out = _apply_one(img, _params(brightness=delta))
-    np.testing.assert_allclose(out, np.clip(x + delta, 0, 1), atol=1e-6)
+  for factor in (1.3, 0.75):
+    out = _apply_one(img, _params(brightness=factor))
+    np.testing.assert_allclose(out, np.clip(x * factor, 0, 1), atol=1e-6)
 
 
 def test_apply_contrast():
@@ -195,8 +195,8 @@ def test_apply_gamma():
 def test_apply_brightness_contrast_gamma_combined():
   img = _image(16, 16, seed=4)
   x = img.astype(np.float64) / 255
-  d, f, g = 0.1, 1.3, 0.8
-  y = x + d
+  d, f, g = 1.1, 1.3, 0.8
+  y = x * d
   want = np.clip((y - y.mean()) * f + y.mean(), 0, 1)**g
   np.testing.assert_allclose(_apply_one(img, _params(brightness=d, contrast=f, gamma=g)), want,
                              atol=1e-6)
@@ -222,7 +222,7 @@ def test_apply_hflip():
 
 def test_apply_is_per_example_and_jittable():
   imgs = np.stack([_image(20, 24, seed=7), _image(20, 24, seed=8)])
-  params = np.stack([_params(brightness=0.2, contrast=0.7, blur_sigma=1.1),
+  params = np.stack([_params(brightness=1.2, contrast=0.7, blur_sigma=1.1),
                      _params(gamma=1.3, blur_sigma=0.0, hflip=1.0)])
   fn = jax.jit(aug.apply_photometric, static_argnames='max_blur_sigma')
   batched = np.asarray(fn(jnp.asarray(imgs), jnp.asarray(params), max_blur_sigma=2.0))
@@ -238,7 +238,7 @@ def test_apply_is_per_example_and_jittable():
 
 def test_apply_output_range():
   img = _image(16, 16, seed=9)
-  out = _apply_one(img, _params(brightness=0.4, contrast=1.4, gamma=0.7, blur_sigma=1.5))
+  out = _apply_one(img, _params(brightness=1.4, contrast=1.4, gamma=0.7, blur_sigma=1.5))
   assert out.min() >= 0.0 and out.max() <= 1.0
 
 

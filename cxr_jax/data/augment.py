@@ -20,7 +20,7 @@ Parameter vector layout (``NUM_PHOTOMETRIC_PARAMS`` float32 slots):
   ====================  =====  =============================================
   slot                  index  meaning (identity value)
   ====================  =====  =============================================
-  ``IDX_BRIGHTNESS``    0      additive brightness delta on [0, 1] scale (0)
+  ``IDX_BRIGHTNESS``    0      brightness factor multiplying the image (1)
   ``IDX_CONTRAST``      1      contrast factor around the image mean (1)
   ``IDX_GAMMA``         2      exponent applied as x ** gamma (1)
   ``IDX_BLUR_SIGMA``    3      Gaussian blur sigma in output pixels (0 = none)
@@ -69,7 +69,7 @@ IDX_BLUR_SIGMA = 3
 IDX_HFLIP = 4
 NUM_PHOTOMETRIC_PARAMS = 5
 
-_IDENTITY = np.array([0.0, 1.0, 1.0, 0.0, 0.0], dtype=np.float32)
+_IDENTITY = np.array([1.0, 1.0, 1.0, 0.0, 0.0], dtype=np.float32)
 assert _IDENTITY.shape == (NUM_PHOTOMETRIC_PARAMS,)
 
 
@@ -220,8 +220,11 @@ class PhotometricConfig:
   """Ranges and probabilities of the photometric augmentations.
 
   Attributes:
-    brightness: brightness delta is drawn from U(-brightness, brightness) and
-      added to the [0, 1] image.
+    brightness: brightness factor is drawn from U(max(0, 1 - brightness),
+      1 + brightness) and multiplies the [0, 1] image (torchvision's
+      ColorJitter convention, which MoCo v2's 0.4 refers to). An additive
+      shift of the same size would push large parts of a radiograph into
+      saturation after clipping and erase the anatomy the encoder should see.
     contrast: contrast factor is drawn from U(max(0, 1 - contrast),
       1 + contrast).
     gamma: (low, high) range of the gamma exponent, drawn log-uniformly so that
@@ -273,7 +276,8 @@ def sample_photometric_params(
   u = rng.random(7)
   params = _IDENTITY.copy()
   if u[0] < cfg.jitter_prob:
-    params[IDX_BRIGHTNESS] = cfg.brightness * (2.0 * u[1] - 1.0)
+    b_lo, b_hi = max(0.0, 1.0 - cfg.brightness), 1.0 + cfg.brightness
+    params[IDX_BRIGHTNESS] = b_lo + (b_hi - b_lo) * u[1]
     c_lo, c_hi = max(0.0, 1.0 - cfg.contrast), 1.0 + cfg.contrast
     params[IDX_CONTRAST] = c_lo + (c_hi - c_lo) * u[2]
     g_lo, g_hi = math.log(cfg.gamma[0]), math.log(cfg.gamma[1])
@@ -362,7 +366,7 @@ def apply_photometric(
 ) -> jax.Array:
   """Applies per-example photometric augmentation on device.
 
-  Steps, in order: horizontal flip, brightness (x + delta), contrast
+  Steps, in order: horizontal flip, brightness (x * factor), contrast
   ((x - mean) * factor + mean, mean over each image), clip to [0, 1], gamma
   (x ** gamma), Gaussian blur, clip to [0, 1].
 
@@ -398,7 +402,7 @@ def apply_photometric(
     return params[:, slot][:, None, None]
 
   x = jnp.where(per_image(IDX_HFLIP) > 0.5, x[:, :, ::-1], x)
-  x = x + per_image(IDX_BRIGHTNESS)
+  x = x * per_image(IDX_BRIGHTNESS)
   mean = jnp.mean(x, axis=(1, 2), keepdims=True)
   x = (x - mean) * per_image(IDX_CONTRAST) + mean
   x = jnp.clip(x, 0.0, 1.0)

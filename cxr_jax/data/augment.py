@@ -424,3 +424,24 @@ def normalize(images_f01: Any, mean: float = 0.5, std: float = 0.25):
   intensity histograms. Works on jax or numpy arrays.
   """
   return (images_f01 - mean) / std
+
+
+def standardize_per_image(images: Any, eps: float = 1e-3):
+  """Maps each image [B, H, W, C] to zero mean and unit variance over its own pixels.
+
+  Radiograph exposure and detector response differ between machines and sites; standardising
+  each image removes any affine change of intensity (and so the brightness/contrast jitter up to
+  clipping), leaving the encoder to model structure. `eps` keeps blank images finite.
+  """
+  mean = jnp.mean(images, axis=(1, 2, 3), keepdims=True)
+  std = jnp.std(images, axis=(1, 2, 3), keepdims=True)
+  return (images - mean) / (std + eps)
+
+
+def model_input(images_f01: Any, mode: str):
+  """[0, 1] images -> encoder input: 'per_image' standardisation or the 'fixed' affine map."""
+  if mode == 'per_image':
+    return standardize_per_image(images_f01)
+  if mode == 'fixed':
+    return normalize(images_f01)
+  raise ValueError(f"input normalisation {mode!r} is not 'per_image' or 'fixed'")

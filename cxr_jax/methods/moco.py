@@ -129,7 +129,8 @@ class MoCo(base.Method):
   def _views(self, batch):
     views, params = batch['views'], batch['view_params']          # [B,2,S,S,1] u8, [B,2,P]
     max_sigma = float(self.config.aug.blur_sigma[1])
-    x = [augment.normalize(augment.apply_photometric(views[:, i], params[:, i], max_sigma))
+    mode = self.config.model.input_norm
+    x = [augment.model_input(augment.apply_photometric(views[:, i], params[:, i], max_sigma), mode)
          for i in (0, 1)]
     return x[0], x[1]
 
@@ -163,7 +164,7 @@ class MoCo(base.Method):
   # ----- evaluation ------------------------------------------------------------------------------
   def features(self, state, images):
     """Frozen-encoder features (query encoder, BN in inference mode) of uint8 images."""
-    x = augment.normalize(images.astype(jnp.float32) / 255.0)
+    x = augment.model_input(images.astype(jnp.float32) / 255.0, self.config.model.input_norm)
     feats, _ = self.apply(state.params, state.model_state, x, train=False, method='features')
     return feats
 

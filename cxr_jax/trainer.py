@@ -143,39 +143,44 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   last_train, last_eval = {}, {}
   last_saved = checkpointer.latest_step()
   compile_start = time.monotonic()
-  for step in range(start_step + 1, total_steps + 1):
-    batch = next(train_iter)
-    with jax.transfer_guard('disallow'):
-      state, metrics = train_step(state, batch)
-    pending.append(metrics)
-    if step == start_step + 1:
-      jax.block_until_ready(metrics)
-      logging.info('First step (compile included) took %.1f s', time.monotonic() - compile_start)
-      progress(step)  # the reporter's time baseline starts after compilation
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(train_iter)
+      with jax.transfer_guard('disallow'):
+        state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)
+        logging.info('First step (compile included) took %.1f s',
+                     time.monotonic() - compile_start)
+        progress(step)  # the reporter's time baseline starts after compilation
 
-    is_last = step == total_steps
-    save_now = is_last or checkpointer.should_save(step) or checkpointer.reached_preemption(step)
-    if pending and (step % config.log_every_steps == 0 or is_last or save_now):
-      last_train = _mean_metrics(pending)
-      pending = []
-      _check_finite(last_train, step, last_saved)
-      writer.write_scalars(step, {f'train/{k}': v for k, v in last_train.items()})
-      progress(step)  # after the fetch above, so its rates measure finished steps
-    if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
-      last_eval = method.evaluate(state, evaluator)
-      if last_eval:
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in last_eval.items()})
-        logging.info('step %d eval: %s', step,
-                     ', '.join(f'{k}={v:.4f}' for k, v in last_eval.items()))
-    if save_now:
-      checkpointer.save(step, state, train_iter, force=is_last)
-      last_saved = step
-    if checkpointer.reached_preemption(step):
-      logging.warning('Preemption signal at step %d: checkpoint saved, stopping.', step)
-      break
-  checkpointer.wait()
-  checkpointer.close()
-  writer.flush()
-  writer.close()
+      is_last = step == total_steps
+      preempted = checkpointer.reached_preemption(step)
+      save_now = is_last or preempted or checkpointer.should_save(step)
+      if pending and (step % config.log_every_steps == 0 or is_last or save_now):
+        last_train = _mean_metrics(pending)
+        pending = []
+        writer.write_scalars(step, {f'train/{k}': v for k, v in last_train.items()})
+        _check_finite(last_train, step, last_saved)  # before any checkpoint of this state
+        progress(step)  # after the fetch above, so its rates measure finished steps
+      if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
+        last_eval = method.evaluate(state, evaluator)
+        if last_eval:
+          writer.write_scalars(step, {f'eval/{k}': v for k, v in last_eval.items()})
+          logging.info('step %d eval: %s', step,
+                       ', '.join(f'{k}={v:.4f}' for k, v in last_eval.items()))
+      if save_now:
+        checkpointer.save(step, state, train_iter, force=is_last or preempted)
+        last_saved = step
+      if preempted:
+        logging.warning('Preemption signal at step %d: checkpoint saved, stopping.', step)
+        break
+  finally:
+    # Also on errors: finish in-flight checkpoint writes and flush the logs before leaving.
+    checkpointer.wait()
+    checkpointer.close()
+    writer.flush()
+    writer.close()
   return {'train': last_train, 'eval': last_eval, 'state': state, 'method': method,
           'evaluator': evaluator}

@@ -92,7 +92,8 @@ def initial_state(config, method, mesh, checkpointer, device_iterator):
     return checkpointer.restore(latest, target, device_iterator), state_shardings
   state = jax.jit(method.init, out_shardings=state_shardings)(rng)
   if config.get('init_from') and config.init_from.get('workdir'):
-    source, step = ckpt_lib.load_state_arrays(config.init_from.workdir, config.init_from.step)
+    wanted = config.init_from.step if config.init_from.step >= 0 else None  # -1: latest
+    source, step = ckpt_lib.load_state_arrays(config.init_from.workdir, wanted)
     state, copied = ckpt_lib.init_from(state, source, config.init_from.include,
                                        config.init_from.get('exclude'))
     logging.info('init_from %s step %d: %d arrays', config.init_from.workdir, step, len(copied))
@@ -131,7 +132,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                        donate_argnums=(0,))
   writer = metric_writers.create_writer(workdir, is_main_process=jax.process_index() == 0)
   if start_step == 0:
-    writer.write_hparams(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+    writer.write_hparams(config.to_dict())
   progress = metric_writers.ProgressReporter(
       total_steps, writer, every_steps=config.log_every_steps,
       examples_per_step=config.global_batch_size)

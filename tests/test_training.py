@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
 
 from cxr_jax import checkpoint as ckpt_lib
@@ -85,3 +86,26 @@ def test_training_without_tensorflow(tiny_data_dir, tmp_path):
   assert any('eval/knn_accuracy' in r for r in rows)
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   assert _finalized_steps(workdir)[-1] == 6
+
+
+def test_init_from_config_restores_the_encoder_of_another_run(tiny_data_dir, tmp_path):
+  """Stage chaining as configured: init_from.step=-1 takes the latest checkpoint there."""
+  from cxr_jax import methods, sharding  # pylint: disable=g-import-not-at-top
+  pretrain = str(tmp_path / 'pretrain')
+  trainer.train_and_evaluate(_tiny_config(tiny_data_dir, '--config.num_train_steps=3'), pretrain)
+  source, step = ckpt_lib.load_state_arrays(pretrain)
+  assert step == 3
+
+  config = _tiny_config(tiny_data_dir, f'--config.init_from.workdir={pretrain}',
+                        '--config.seed=7')  # another seed: a different fresh initialisation
+  mesh = sharding.make_mesh(config.mesh, 1)
+  method = methods.get('moco')(config, 10)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / 'finetune'))
+  state, _ = trainer.initial_state(config, method, mesh, checkpointer, None)
+  flat = {sharding.path_str(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(state)[0]}
+  encoder = [k for k in flat if k.startswith('params/encoder/')]
+  assert encoder and all(np.array_equal(flat[k], source[k]) for k in encoder)
+  head = [k for k in flat if k.startswith('params/projector/')]
+  assert head and not any(np.array_equal(flat[k], source[k]) for k in head)
+  assert int(state.step) == 0

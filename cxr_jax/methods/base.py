@@ -42,7 +42,6 @@ def compute_dtype(config):
 class Method:
   """Base class. Subclasses implement build_model, train_step and the transforms."""
 
-  #: splits the method reads: train split for training, eval split for evaluation.
   def __init__(self, config, num_train_steps: int):
     self.config = config
     self.num_train_steps = num_train_steps

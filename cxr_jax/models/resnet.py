@@ -22,7 +22,22 @@ STAGE_BLOCKS = {
 }
 
 
-class BasicBlock(nnx.Module):
+class _ResidualBlock(nnx.Module):
+  """Shared shortcut: identity, or a strided 1x1 conv + BN where the shape changes."""
+
+  def _init_shortcut(self, in_ch, out_ch, stride, *, bn, dtype, rngs):
+    self.has_shortcut = stride != 1 or in_ch != out_ch
+    if self.has_shortcut:
+      self.shortcut = conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs)
+      self.shortcut_bn = bn(out_ch)
+
+  def _merge(self, x, residual, *, train):
+    if self.has_shortcut:
+      x = self.shortcut_bn(self.shortcut(x), train=train)
+    return jax.nn.relu(x + residual)
+
+
+class BasicBlock(_ResidualBlock):
   expansion = 1
 
   def __init__(self, in_ch, ch, stride, *, bn, dtype, rngs):
@@ -31,20 +46,14 @@ class BasicBlock(nnx.Module):
     self.bn1 = bn(ch)
     self.conv2 = conv(ch, out_ch, 3, dtype=dtype, rngs=rngs)
     self.bn2 = bn(out_ch, zero_init_scale=True)
-    self.has_shortcut = stride != 1 or in_ch != out_ch
-    if self.has_shortcut:
-      self.shortcut = conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs)
-      self.shortcut_bn = bn(out_ch)
+    self._init_shortcut(in_ch, out_ch, stride, bn=bn, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, train):
     y = jax.nn.relu(self.bn1(self.conv1(x), train=train))
-    y = self.bn2(self.conv2(y), train=train)
-    if self.has_shortcut:
-      x = self.shortcut_bn(self.shortcut(x), train=train)
-    return jax.nn.relu(x + y)
+    return self._merge(x, self.bn2(self.conv2(y), train=train), train=train)
 
 
-class Bottleneck(nnx.Module):
+class Bottleneck(_ResidualBlock):
   expansion = 4
 
   def __init__(self, in_ch, ch, stride, *, bn, dtype, rngs):
@@ -55,18 +64,12 @@ class Bottleneck(nnx.Module):
     self.bn2 = bn(ch)
     self.conv3 = conv(ch, out_ch, 1, dtype=dtype, rngs=rngs)
     self.bn3 = bn(out_ch, zero_init_scale=True)
-    self.has_shortcut = stride != 1 or in_ch != out_ch
-    if self.has_shortcut:
-      self.shortcut = conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs)
-      self.shortcut_bn = bn(out_ch)
+    self._init_shortcut(in_ch, out_ch, stride, bn=bn, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, train):
     y = jax.nn.relu(self.bn1(self.conv1(x), train=train))
     y = jax.nn.relu(self.bn2(self.conv2(y), train=train))
-    y = self.bn3(self.conv3(y), train=train)
-    if self.has_shortcut:
-      x = self.shortcut_bn(self.shortcut(x), train=train)
-    return jax.nn.relu(x + y)
+    return self._merge(x, self.bn3(self.conv3(y), train=train), train=train)
 
 
 class ResNet(nnx.Module):

@@ -166,7 +166,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         _check_finite(last_train, step, last_saved)  # before any checkpoint of this state
         progress(step)  # after the fetch above, so its rates measure finished steps
       if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
-        last_eval = method.evaluate(state, evaluator)
+        results = method.evaluate(state, evaluator)
+        # Scalars go to write_scalars; [N, H, W, C] arrays (e.g. reconstructions) are images.
+        images = {f'eval/{k}': v for k, v in results.items() if np.ndim(v) == 4}
+        last_eval = {k: float(v) for k, v in results.items() if v is not None and np.ndim(v) == 0}
+        if images:
+          writer.write_images(step, images)
         if last_eval:
           writer.write_scalars(step, {f'eval/{k}': v for k, v in last_eval.items()})
           logging.info('step %d eval: %s', step,

@@ -16,3 +16,12 @@ def tiny_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   datasets.prepare('synthetic_cxr/tiny', data_dir)
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def synthetic_default_dir(tmp_path_factory):
+  """A TFDS data_dir holding synthetic_cxr (the default: 256 px, 2,000 train / 500 validation)."""
+  from cxr_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('tfds_default'))
+  datasets.prepare('synthetic_cxr', data_dir)
+  return data_dir

@@ -189,7 +189,25 @@ def random_resized_crop(
   return _resize_2d(crop, out_size_px, out_size_px)[..., None]
 
 
-def center_resize(image: np.ndarray, out_size_px: int) -> np.ndarray:
+def random_resized_crop_pair(image: np.ndarray, label_map: np.ndarray, rng: np.random.Generator,
+                             out_size_px: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
+                             ) -> tuple[np.ndarray, np.ndarray]:
+  """The same random resized crop of an image and a pixel-aligned label map (e.g. lung mask).
+
+  The image is resized like `random_resized_crop`; the label map with nearest-neighbour so its
+  values stay labels. Both come back as uint8 [out, out, 1].
+  """
+  plane, labels = _as_2d(image), _as_2d(label_map)
+  if plane.shape != labels.shape:
+    raise ValueError(f'image {plane.shape} and label map {labels.shape} differ in size')
+  top, left, ch, cw = random_resized_crop_box(plane.shape[0], plane.shape[1], rng, scale, ratio)
+  crop = _resize_2d(plane[top:top + ch, left:left + cw], out_size_px, out_size_px)
+  label_crop = cv2.resize(np.ascontiguousarray(labels[top:top + ch, left:left + cw]),
+                          (out_size_px, out_size_px), interpolation=cv2.INTER_NEAREST)
+  return crop[..., None], label_crop[..., None]
+
+
+def center_resize(image: np.ndarray, out_size_px: int, *, labels: bool = False) -> np.ndarray:
   """Deterministic evaluation transform: whole image resized to a square.
 
   Non-square inputs are first center-cropped to their shorter side, so the
@@ -198,6 +216,7 @@ def center_resize(image: np.ndarray, out_size_px: int) -> np.ndarray:
   Args:
     image: uint8 array of shape [H, W, 1] or [H, W].
     out_size_px: side length of the output.
+    labels: the input is a label map (mask): nearest-neighbour resizing.
 
   Returns:
     uint8 array of shape [out_size_px, out_size_px, 1].
@@ -206,7 +225,9 @@ def center_resize(image: np.ndarray, out_size_px: int) -> np.ndarray:
   h, w = plane.shape
   side = min(h, w)
   top, left = (h - side) // 2, (w - side) // 2
-  crop = plane[top:top + side, left:left + side]
+  crop = np.ascontiguousarray(plane[top:top + side, left:left + side])
+  if labels:
+    return cv2.resize(crop, (out_size_px, out_size_px), interpolation=cv2.INTER_NEAREST)[..., None]
   return _resize_2d(crop, out_size_px, out_size_px)[..., None]
 
 

@@ -61,13 +61,17 @@ def make_train_iterator(config, transform) -> tuple[grain.DatasetIterator, int]:
                      num_workers=config.data.num_workers), len(source)
 
 
-def eval_batches(source, *, global_batch_size: int, transform: Callable[[dict], dict],
-                 num_threads: int = 8) -> Iterator[dict]:
-  """This host's share of every global eval batch, padded; rows get `valid` (1 real, 0 pad)."""
+def eval_batches(source, *, global_batch_size: int,
+                 transform: Callable[[dict, np.random.Generator], dict], num_threads: int = 8,
+                 seed: int = 0) -> Iterator[dict]:
+  """This host's share of every global eval batch, padded; rows get `valid` (1 real, 0 pad).
+
+  The transform's rng depends only on (seed, example index): every evaluation sees the same inputs.
+  """
   process, count = jax.process_index(), jax.process_count()
   local_batch = local_batch_size(global_batch_size)
   num_batches = math.ceil(len(source) / global_batch_size)
-  ds = grain.MapDataset.source(source).map(transform)
+  ds = grain.MapDataset.source(source).random_map(transform, seed=seed)
   ds = ds[process::count]
   it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=32)))
   template = None

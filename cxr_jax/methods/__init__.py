@@ -7,6 +7,7 @@ import importlib
 # config.method -> 'module:Class'
 METHODS = {
     'moco': 'cxr_jax.methods.moco:MoCo',
+    'inpainting': 'cxr_jax.methods.inpainting:Inpainting',
 }
 
 

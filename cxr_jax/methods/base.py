@@ -20,6 +20,8 @@ import optax
 from flax import nnx
 
 from cxr_jax import optim
+from cxr_jax.data import augment
+from cxr_jax.evaluate import probes
 
 
 @flax.struct.dataclass
@@ -49,6 +51,7 @@ class Method:
     self.graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
     self.tx = optim.make_optimizer(config, nnx.to_pure_dict(abstract_params), num_train_steps)
     self.lr_schedule = optim.learning_rate_schedule(config, num_train_steps)
+    self.jit_features = jax.jit(self.features)
 
   # ----- to implement -------------------------------------------------------------------------
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -66,7 +69,9 @@ class Method:
     """Host-side per-example training transform (grain random_map)."""
     raise NotImplementedError
 
-  def eval_transform(self) -> Callable[[dict], dict]:
+  def eval_transform(self) -> Callable[[dict, np.random.Generator], dict]:
+    """Host-side per-example evaluation transform; its rng is seeded by the example index only,
+    so evaluation inputs (e.g. inpainting holes) are the same at every evaluation."""
     raise NotImplementedError
 
   def evaluate(self, state: TrainState, evaluator) -> dict[str, float]:
@@ -90,6 +95,33 @@ class Method:
     out = fn(*args, train=train, **kwargs)
     new_state = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if train else model_state
     return out, new_state
+
+  def photometric_config(self) -> augment.PhotometricConfig:
+    aug = self.config.aug
+    return augment.PhotometricConfig(
+        brightness=aug.brightness, contrast=aug.contrast, gamma=tuple(aug.gamma),
+        blur_prob=aug.blur_prob, blur_sigma=tuple(aug.blur_sigma), hflip_prob=aug.hflip_prob,
+        jitter_prob=aug.jitter_prob)
+
+  def model_input(self, images_f01: jax.Array) -> jax.Array:
+    return augment.model_input(images_f01, self.config.model.input_norm)
+
+  def features(self, state: TrainState, images: jax.Array) -> jax.Array:
+    """Frozen-encoder features [B, C] of uint8 images [B, H, W, 1] (BN in inference mode).
+
+    The model must define `features(x, *, train)` (pooled encoder output).
+    """
+    x = self.model_input(images.astype(jnp.float32) / 255.0)
+    feats, _ = self.apply(state.params, state.model_state, x, train=False, method='features')
+    return feats
+
+  def knn_accuracy(self, state: TrainState, evaluator) -> float:
+    """Weighted kNN of validation features against the training split (config.eval.knn)."""
+    knn = self.config.eval.knn
+    return probes.knn_probe(
+        self.jit_features, state, evaluator, transform=self.eval_transform(),
+        bank_split=self.config.data.train_split, query_split=self.config.data.eval_split,
+        num_classes=evaluator.num_classes, k=knn.k, temperature=knn.temperature)
 
   def apply_gradients(self, state: TrainState, grads, **changes) -> tuple[TrainState, dict]:
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)

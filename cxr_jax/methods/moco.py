@@ -26,7 +26,6 @@ from flax import nnx
 
 from cxr_jax import models
 from cxr_jax.data import augment
-from cxr_jax.evaluate import probes
 from cxr_jax.methods import base
 from cxr_jax.models.heads import ProjectionMLP
 
@@ -100,12 +99,6 @@ class MoCo(base.Method):
       raise ValueError(f'config.moco.queue_size={queue_size} must be a multiple of '
                        f'config.global_batch_size={batch}')
     super().__init__(config, num_train_steps)
-    aug = config.aug
-    self.photometric = augment.PhotometricConfig(
-        brightness=aug.brightness, contrast=aug.contrast, gamma=tuple(aug.gamma),
-        blur_prob=aug.blur_prob, blur_sigma=tuple(aug.blur_sigma), hflip_prob=aug.hflip_prob,
-        jitter_prob=aug.jitter_prob)
-    self.jit_features = jax.jit(self.features)
 
   def build_model(self, rngs):
     return MoCoNet(self.config, rngs=rngs)
@@ -120,7 +113,7 @@ class MoCo(base.Method):
   def train_transform(self):
     return functools.partial(_two_view_transform, out_size_px=self.config.aug.image_size_px,
                              crop_scale=tuple(self.config.aug.crop_scale),
-                             photometric=self.photometric)
+                             photometric=self.photometric_config())
 
   def eval_transform(self):
     return functools.partial(_eval_transform, out_size_px=self.config.aug.image_size_px)
@@ -129,8 +122,7 @@ class MoCo(base.Method):
   def _views(self, batch):
     views, params = batch['views'], batch['view_params']          # [B,2,S,S,1] u8, [B,2,P]
     max_sigma = float(self.config.aug.blur_sigma[1])
-    mode = self.config.model.input_norm
-    x = [augment.model_input(augment.apply_photometric(views[:, i], params[:, i], max_sigma), mode)
+    x = [self.model_input(augment.apply_photometric(views[:, i], params[:, i], max_sigma))
          for i in (0, 1)]
     return x[0], x[1]
 
@@ -161,20 +153,8 @@ class MoCo(base.Method):
     state, opt_metrics = self.apply_gradients(state, grads, model_state=model_state, extra=extra)
     return state, {'loss': loss, 'momentum': m, **stats, **opt_metrics}
 
-  # ----- evaluation ------------------------------------------------------------------------------
-  def features(self, state, images):
-    """Frozen-encoder features (query encoder, BN in inference mode) of uint8 images."""
-    x = augment.model_input(images.astype(jnp.float32) / 255.0, self.config.model.input_norm)
-    feats, _ = self.apply(state.params, state.model_state, x, train=False, method='features')
-    return feats
-
   def evaluate(self, state, evaluator):
-    knn = self.config.eval.knn
-    accuracy = probes.knn_probe(
-        self.jit_features, state, evaluator, transform=self.eval_transform(),
-        bank_split=self.config.data.train_split, query_split=self.config.data.eval_split,
-        num_classes=evaluator.num_classes, k=knn.k, temperature=knn.temperature)
-    return {'knn_accuracy': accuracy}
+    return {'knn_accuracy': self.knn_accuracy(state, evaluator)}
 
 
 def _two_view_transform(example, rng, *, out_size_px, crop_scale, photometric):
@@ -183,6 +163,7 @@ def _two_view_transform(example, rng, *, out_size_px, crop_scale, photometric):
   return out
 
 
-def _eval_transform(example, *, out_size_px):
+def _eval_transform(example, rng, *, out_size_px):
+  del rng  # deterministic
   return {'image': augment.center_resize(example['image'], out_size_px),
           'label': np.int32(example['label'])}

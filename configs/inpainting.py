@@ -53,20 +53,12 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 2000
 
   if variant == 'cpu':
-    c.compute_dtype = 'float32'
-    c.model.depth = 18
-    c.model.width = 16
+    config_lib.shrink_for_cpu(c)
     c.decoder.widths = (64, 32, 32, 16)
-    c.aug.image_size_px = 64
-    c.global_batch_size = 64
     c.num_epochs = 10                       # 312 steps
     c.optim.base_lr = 4e-3                  # x 64/256 = 1e-3
     c.optim.warmup_steps = 30
-    c.data.num_threads = 2
-    c.eval.global_batch_size = 250
-    c.eval.knn.k = 20
     c.eval_every_steps = 156
-    c.log_every_steps = 10
     c.checkpoint.every_steps = 104
 
   config_lib.apply_overrides(c, overrides)

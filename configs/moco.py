@@ -51,25 +51,16 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 2000
 
   if variant == 'cpu':
-    c.compute_dtype = 'float32'
-    c.model.depth = 18
-    c.model.width = 16
-    c.model.bn_group_size = 32
+    config_lib.shrink_for_cpu(c)
     c.moco.hidden_dim = 512
     # 2,000 near-identical synthetic patients: a short queue (4 batches) of recent keys keeps the
     # instance task learnable in a few hundred steps (1,024 plateaued near chance, see README).
     c.moco.queue_size = 256
     c.moco.momentum = 0.99            # a short run needs a faster-moving key encoder
-    c.aug.image_size_px = 64
-    c.global_batch_size = 64
-    c.num_epochs = 15
+    c.num_epochs = 15                 # 468 steps
     c.optim.base_lr = 0.48            # x 64/256 = 0.12
     c.optim.warmup_steps = 20
-    c.data.num_threads = 2
-    c.eval.global_batch_size = 250
-    c.eval.knn.k = 20
     c.eval_every_steps = 200
-    c.log_every_steps = 10
     c.checkpoint.every_steps = 100
 
   config_lib.apply_overrides(c, overrides)

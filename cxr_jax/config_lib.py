@@ -69,6 +69,21 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
+  """Settings every ':cpu' variant shares: a ResNet-18 at 1/4 width on 64 px inputs, batch 64,
+  float32 (bfloat16 is slow on CPUs), and evaluation / logging sized for 2 cores."""
+  c.compute_dtype = 'float32'
+  c.model.depth = 18
+  c.model.width = 16
+  c.model.bn_group_size = 32
+  c.aug.image_size_px = 64
+  c.global_batch_size = 64
+  c.data.num_threads = 2
+  c.eval.global_batch_size = 250
+  c.eval.knn.k = 20
+  c.log_every_steps = 10
+
+
 def parse_arg(arg: str | None, variants: tuple[str, ...]) -> tuple[str | None, dict]:
   """'cpu,model.depth=18' -> ('cpu', {'model.depth': 18}); unknown variants are an error."""
   variant, overrides = None, {}

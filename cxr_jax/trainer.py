@@ -116,7 +116,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   total_steps = num_train_steps(config, len(source))
   method = method_cls(config, total_steps)
 
-  host_iterator, _ = pipeline.make_train_iterator(config, method.train_transform())
+  host_iterator = pipeline.make_train_iterator(config, source, method.train_transform())
   train_iter = pipeline.DeviceIterator(host_iterator, mesh, prefetch=config.data.device_prefetch)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                        save_every_steps=config.checkpoint.every_steps,

@@ -23,7 +23,6 @@ import jax
 import numpy as np
 
 from cxr_jax import sharding
-from cxr_jax.data import datasets
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -51,14 +50,12 @@ def to_iterator(ds: grain.MapDataset, *, num_threads: int, prefetch: int,
   return iter(it_ds)
 
 
-def make_train_iterator(config, transform) -> tuple[grain.DatasetIterator, int]:
-  """The training iterator for this host and the number of training examples."""
-  source, _ = datasets.load_source(config.data.name, config.data.train_split,
-                                   config.data.data_dir)
+def make_train_iterator(config, source, transform) -> grain.DatasetIterator:
+  """This host's training iterator over `source` (the config's train split)."""
   ds = train_dataset(source, seed=config.seed, local_batch=local_batch_size(
       config.global_batch_size), transform=transform)
   return to_iterator(ds, num_threads=config.data.num_threads, prefetch=config.data.prefetch,
-                     num_workers=config.data.num_workers), len(source)
+                     num_workers=config.data.num_workers)
 
 
 def eval_batches(source, *, global_batch_size: int,

@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -41,10 +40,11 @@ class Evaluator:
     shards = sharding.num_batch_shards(mesh)
     # Eval batches are padded anyway, so round the batch up to what the mesh can split evenly.
     self.global_batch_size = -(-config.eval.global_batch_size // shards) * shards
-    _, info = datasets.load_source(config.data.name, config.data.eval_split, config.data.data_dir)
+    source, info = datasets.load_source(config.data.name, config.data.eval_split,
+                                        config.data.data_dir)
+    self._sources[config.data.eval_split] = source
     label = info.features['label'] if 'label' in info.features else None
     self.num_classes = int(label.num_classes) if label is not None else 0
-    self.class_names = list(label.names) if label is not None else []
 
   def source(self, split: str):
     if split not in self._sources:

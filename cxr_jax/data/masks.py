@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
 
 import cv2
 import numpy as np

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import math
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import grain
 import jax
@@ -98,14 +98,12 @@ class DeviceIterator:
   (grain.checkpoint.CheckpointSave/Restore) can save and restore this object directly.
   """
 
-  def __init__(self, host_iterator: grain.DatasetIterator, mesh, prefetch: int = 2,
-               postprocess: Callable[[Any], Any] | None = None):
+  def __init__(self, host_iterator: grain.DatasetIterator, mesh, prefetch: int = 2):
     self._it = host_iterator
     self._mesh = mesh
     self._prefetch = max(int(prefetch), 1)
     self._queue: collections.deque = collections.deque()
     self._consumed_state = host_iterator.get_state()
-    self._postprocess = postprocess
 
   def __iter__(self):
     return self

@@ -11,7 +11,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 @jax.jit
@@ -65,19 +64,3 @@ def knn_probe(feature_fn: Callable, state, evaluator, *, transform, bank_split: 
 @jax.jit
 def _masked_sum(values, valid):
   return jnp.sum(values.astype(jnp.int32) * (valid > 0))
-
-
-def numpy_knn_accuracy(bank, bank_labels, queries, query_labels, *, num_classes: int, k: int,
-                       temperature: float) -> float:
-  """Reference implementation (numpy), for tests."""
-  bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
-  queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-  sim = queries @ bank.T
-  idx = np.argsort(-sim, axis=1)[:, :k]
-  correct = 0
-  for i in range(len(queries)):
-    votes = np.zeros(num_classes)
-    for j in idx[i]:
-      votes[bank_labels[j]] += np.exp(sim[i, j] / temperature)
-    correct += int(np.argmax(votes) == query_labels[i])
-  return correct / len(queries)

@@ -22,6 +22,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ''                 # '' = TFDS default (TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
+  c.data.manual_dir = ''               # real datasets: the manual download (see data/builders)
+  c.data.skip_bad = False              # skip (and count) bad source files instead of stopping
+  # Several datasets in one pipeline: tuple of dicts, see cxr_jax/data/mixture.py. () = data.name.
+  c.data.sources = ()
+  c.data.class_names = ()              # classification label space; () = the first source's
+  c.data.multi_label = False
+  c.data.box_class_names = ()          # detection label space; () = the first source's
+  c.data.max_boxes = 16                # boxes per example after padding
   c.data.num_threads = 8               # grain reader threads per host
   c.data.num_workers = 0               # grain worker processes per host (0 = threads only)
   c.data.prefetch = 8                  # host batches buffered ahead
@@ -82,6 +90,19 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
   c.eval.global_batch_size = 250
   c.eval.knn.k = 20
   c.log_every_steps = 10
+
+
+def sibling_config(this_file: str, name: str, arg: str | None = None
+                   ) -> ml_collections.ConfigDict:
+  """get_config(arg) of another file in the same configs folder (for configs that extend one;
+  loaded by path so configs work from any working directory)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
+  spec = importlib.util.spec_from_file_location(f'_cxr_config_{name[:-3]}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_arg(arg: str | None, variants: tuple[str, ...]) -> tuple[str | None, dict]:

@@ -68,10 +68,12 @@ def validate(config) -> None:
   from cxr_jax.data import datasets  # pylint: disable=g-import-not-at-top
   if not config.get('method'):
     raise UsageError('the config sets no method (config.method)')
+  from cxr_jax.data import mixture  # pylint: disable=g-import-not-at-top
   try:
     methods.get(config.method)
-    datasets.check_name(config.data.name)
-  except ValueError as e:
+    for spec in mixture.source_specs(config):
+      datasets.check_name(spec.name)
+  except (ValueError, TypeError) as e:
     raise UsageError(str(e)) from None
 
 
@@ -162,7 +164,8 @@ def main(argv):
   from cxr_jax import trainer  # pylint: disable=g-import-not-at-top
   try:
     result = trainer.train_and_evaluate(config, workdir)
-  except (trainer.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+  # AssertionError: TFDS reports a missing/empty manual download directory with one.
+  except (trainer.NonFiniteLossError, ValueError, FileNotFoundError, AssertionError) as e:
     logging.exception('Training stopped')
     _fail(_one_line(str(e)), code=1)
   if jax.process_index() == 0:

@@ -22,7 +22,7 @@ from cxr_jax import checkpoint as ckpt_lib
 from cxr_jax import metric_writers
 from cxr_jax import methods
 from cxr_jax import sharding
-from cxr_jax.data import datasets
+from cxr_jax.data import mixture as mixture_lib
 from cxr_jax.data import pipeline
 
 
@@ -31,30 +31,23 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Evaluator:
-  """Hands methods global eval batches of any split of the configured dataset."""
+  """Hands methods global eval batches of any split of any configured source (standardised)."""
 
-  def __init__(self, config, mesh):
+  def __init__(self, config, mesh, mixture: mixture_lib.Mixture | None = None):
     self.config = config
     self.mesh = mesh
-    self._sources = {}
+    self.mixture = mixture or mixture_lib.Mixture(config)
     shards = sharding.num_batch_shards(mesh)
     # Eval batches are padded anyway, so round the batch up to what the mesh can split evenly.
     self.global_batch_size = -(-config.eval.global_batch_size // shards) * shards
-    source, info = datasets.load_source(config.data.name, config.data.eval_split,
-                                        config.data.data_dir)
-    self._sources[config.data.eval_split] = source
-    label = info.features['label'] if 'label' in info.features else None
-    self.num_classes = int(label.num_classes) if label is not None else 0
+    self.num_classes = len(self.mixture.targets.class_names)
 
-  def source(self, split: str):
-    if split not in self._sources:
-      self._sources[split], _ = datasets.load_source(self.config.data.name, split,
-                                                     self.config.data.data_dir)
-    return self._sources[split]
+  def source(self, split: str, source_index: int = 0):
+    return self.mixture.split_dataset(source_index, split)
 
-  def batches(self, split: str, transform):
+  def batches(self, split: str, transform, source_index: int = 0):
     for host_batch in pipeline.eval_batches(
-        self.source(split), global_batch_size=self.global_batch_size,
+        self.source(split, source_index), global_batch_size=self.global_batch_size,
         transform=transform, num_threads=self.config.data.num_threads):
       yield sharding.host_to_global(host_batch, self.mesh)
 
@@ -111,12 +104,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   method_cls = methods.get(config.method)
   # The dataset size sets the schedule length, so read it before building the method.
-  source, _ = datasets.load_source(config.data.name, config.data.train_split,
-                                   config.data.data_dir)
-  total_steps = num_train_steps(config, len(source))
-  method = method_cls(config, total_steps)
+  mixture = mixture_lib.Mixture(config)
+  total_steps = num_train_steps(config, mixture.num_train_examples())
+  method = method_cls(config, total_steps, mixture.targets)
 
-  host_iterator = pipeline.make_train_iterator(config, source, method.train_transform())
+  host_iterator = pipeline.make_train_iterator(config, mixture, method.train_transform())
   train_iter = pipeline.DeviceIterator(host_iterator, mesh, prefetch=config.data.device_prefetch)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                        save_every_steps=config.checkpoint.every_steps,
@@ -136,7 +128,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   progress = metric_writers.ProgressReporter(
       total_steps, writer, every_steps=config.log_every_steps,
       examples_per_step=config.global_batch_size)
-  evaluator = Evaluator(config, mesh)
+  evaluator = Evaluator(config, mesh, mixture)
 
   logging.info('Training %s for %d steps (global batch %d) from step %d', config.method,
                total_steps, config.global_batch_size, start_step)

@@ -80,8 +80,8 @@ def test_loss_weights_hole_and_visible_pixels(tiny_data_dir, kind):
 
 def test_evaluation_holes_are_identical_on_every_pass(tiny_data_dir):
   config, method = _method(tiny_data_dir)
-  from cxr_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  source, _ = datasets.load_source(config.data.name, 'validation', tiny_data_dir)
+  from cxr_jax.data import mixture  # pylint: disable=g-import-not-at-top
+  source = mixture.Mixture(config).split_dataset(0, 'validation')
   passes = [[b['hole'] for b in pipeline.eval_batches(source, global_batch_size=64,
                                                       transform=method.eval_transform())]
             for _ in range(2)]

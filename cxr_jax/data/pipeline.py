@@ -1,7 +1,8 @@
 """grain input pipelines: per-host, deterministic, checkpointable; global batches on the mesh.
 
 Training order (each stage is a grain MapDataset, so any position is addressable):
-  source -> shuffle(seed) -> repeat -> random_map(per-example augmentation) -> [p::P] -> batch
+  sources -> standardise -> shuffle(seed) -> repeat -> mix by weight (`mixture.Mixture`)
+  -> random_map(per-example augmentation) -> [p::P] -> batch
 Shuffling and augmentation happen *before* the per-process slice, so example i of the global stream
 and its augmentation are the same for any number of hosts; process p reads positions p, p+P, ...
 The augmentation RNG is grain's per-index generator derived from the seed, so a resumed iterator
@@ -16,7 +17,7 @@ from __future__ import annotations
 import collections
 import json
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import grain
 import jax
@@ -32,11 +33,10 @@ def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def train_dataset(source, *, seed: int, local_batch: int,
-                  transform: Callable[[dict, np.random.Generator], dict],
-                  num_epochs: int | None = None) -> grain.MapDataset:
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds.random_map(transform, seed=seed + 1)
+def train_dataset(examples: grain.MapDataset, *, seed: int, local_batch: int,
+                  transform: Callable[[dict, np.random.Generator], dict]) -> grain.MapDataset:
+  """Augments and batches `examples` (shuffled and repeated already) for this process."""
+  ds = examples.random_map(transform, seed=seed + 1)
   ds = ds[jax.process_index()::jax.process_count()]
   return ds.batch(local_batch, drop_remainder=True)
 
@@ -50,15 +50,16 @@ def to_iterator(ds: grain.MapDataset, *, num_threads: int, prefetch: int,
   return iter(it_ds)
 
 
-def make_train_iterator(config, source, transform) -> grain.DatasetIterator:
-  """This host's training iterator over `source` (the config's train split)."""
-  ds = train_dataset(source, seed=config.seed, local_batch=local_batch_size(
+def make_train_iterator(config, mixture, transform) -> grain.DatasetIterator:
+  """This host's training iterator over the configured sources (a `mixture.Mixture`)."""
+  ds = train_dataset(mixture.train_dataset(config.seed), seed=config.seed,
+                     local_batch=local_batch_size(
       config.global_batch_size), transform=transform)
   return to_iterator(ds, num_threads=config.data.num_threads, prefetch=config.data.prefetch,
                      num_workers=config.data.num_workers)
 
 
-def eval_batches(source, *, global_batch_size: int,
+def eval_batches(source: grain.MapDataset | Sequence, *, global_batch_size: int,
                  transform: Callable[[dict, np.random.Generator], dict], num_threads: int = 8,
                  seed: int = 0) -> Iterator[dict]:
   """This host's share of every global eval batch, padded; rows get `valid` (1 real, 0 pad).
@@ -68,7 +69,8 @@ def eval_batches(source, *, global_batch_size: int,
   process, count = jax.process_index(), jax.process_count()
   local_batch = local_batch_size(global_batch_size)
   num_batches = math.ceil(len(source) / global_batch_size)
-  ds = grain.MapDataset.source(source).random_map(transform, seed=seed)
+  ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
+  ds = ds.random_map(transform, seed=seed)
   ds = ds[process::count]
   it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=32)))
   template = None

@@ -44,9 +44,12 @@ def compute_dtype(config):
 class Method:
   """Base class. Subclasses implement build_model, train_step and the transforms."""
 
-  def __init__(self, config, num_train_steps: int):
+  def __init__(self, config, num_train_steps: int, targets=None):
+    """`targets`: the data's label spaces (cxr_jax.data.mixture.Targets), for methods with
+    heads sized by them."""
     self.config = config
     self.num_train_steps = num_train_steps
+    self.targets = targets
     abstract_model = nnx.eval_shape(lambda: self.build_model(nnx.Rngs(0)))
     self.graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
     self.tx = optim.make_optimizer(config, nnx.to_pure_dict(abstract_params), num_train_steps)

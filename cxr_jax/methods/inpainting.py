@@ -80,13 +80,13 @@ class Inpainting(base.Method):
   """config.decoder: widths, skips; config.inpaint: loss ('l1'|'l2'), unmasked_weight,
   ssim_weight; config.masks: masks.MaskConfig fields; config.aug: crops and photometric jitter."""
 
-  def __init__(self, config, num_train_steps: int):
+  def __init__(self, config, num_train_steps: int, targets=None):
     if config.inpaint.loss not in ('l1', 'l2'):
       raise ValueError(f"config.inpaint.loss={config.inpaint.loss!r} is not 'l1' or 'l2'")
     self.mask_config = masks_lib.MaskConfig(
         area_fraction=tuple(config.masks.area_fraction), num_shapes=tuple(config.masks.num_shapes),
         kinds=tuple(config.masks.kinds), restrict_to_region=config.masks.restrict_to_region)
-    super().__init__(config, num_train_steps)
+    super().__init__(config, num_train_steps, targets)
     self.jit_eval_batch = jax.jit(self._eval_batch)
 
   def build_model(self, rngs):
@@ -190,7 +190,10 @@ def _first_rows(array, n):
 
 
 def _region(example, mask_config):
-  return example.get('lung_mask') if mask_config.restrict_to_region else None
+  """The lung/body mask holes are drawn in (standardised examples carry it as `mask`)."""
+  if mask_config.restrict_to_region and example['has_mask']:
+    return example['mask']
+  return None
 
 
 def _train_transform(example, rng, *, out_size_px, crop_scale, photometric, mask_config):

@@ -93,12 +93,12 @@ class MoCo(base.Method):
   """MoCo v2 pre-training. config.moco: dim, hidden_dim, queue_size, temperature, momentum,
   momentum_cosine, shuffle_bn; config.aug: image_size_px, crop_scale, photometric fields."""
 
-  def __init__(self, config, num_train_steps: int):
+  def __init__(self, config, num_train_steps: int, targets=None):
     queue_size, batch = config.moco.queue_size, config.global_batch_size
     if queue_size % batch:
       raise ValueError(f'config.moco.queue_size={queue_size} must be a multiple of '
                        f'config.global_batch_size={batch}')
-    super().__init__(config, num_train_steps)
+    super().__init__(config, num_train_steps, targets)
 
   def build_model(self, rngs):
     return MoCoNet(self.config, rngs=rngs)

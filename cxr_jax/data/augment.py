@@ -103,14 +103,15 @@ def _as_2d(image: np.ndarray) -> np.ndarray:
 def _resize_2d(plane: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   """Resizes an [h, w] plane with an interpolation suited to the scale change.
 
-  Area averaging is used when the crop is reduced in both directions (it is the
-  anti-aliased choice for downsampling); bilinear is used as soon as either
-  direction is enlarged, where area interpolation has no benefit.
+  Area averaging is used when the crop shrinks by 2x or more in both directions
+  (the anti-aliased choice where bilinear would skip pixels); otherwise bilinear,
+  which is within a few grey levels of area averaging there and, for the
+  non-integer factors of random crops, about 5x cheaper in OpenCV.
   """
   h, w = plane.shape
   if (h, w) == (out_h, out_w):
     return plane.copy()
-  shrinking = h >= out_h and w >= out_w
+  shrinking = h >= 2 * out_h and w >= 2 * out_w
   interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
   # cv2 wants (width, height); a contiguous buffer avoids surprises with views.
   return cv2.resize(np.ascontiguousarray(plane), (out_w, out_h),
@@ -205,6 +206,67 @@ def random_resized_crop_pair(image: np.ndarray, label_map: np.ndarray, rng: np.r
   label_crop = cv2.resize(np.ascontiguousarray(labels[top:top + ch, left:left + cw]),
                           (out_size_px, out_size_px), interpolation=cv2.INTER_NEAREST)
   return crop[..., None], label_crop[..., None]
+
+
+def crop_boxes(boxes: np.ndarray, num_boxes: int, crop: tuple[int, int, int, int],
+               image_hw: tuple[int, int], min_visible: float = 0.25
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Relative (ymin, xmin, ymax, xmax) boxes of an image -> relative to a crop of it.
+
+  `crop` is (top, left, height, width) in pixels of an image of size `image_hw`. Boxes are clipped
+  to the crop; a box keeps its place (`keep` True) if at least `min_visible` of its area is
+  inside. Rows past `num_boxes` are padding and never kept. Returns (boxes [M, 4], keep [M]).
+  """
+  h, w = image_hw
+  top, left, ch, cw = crop
+  b = np.asarray(boxes, np.float32) * np.array([h, w, h, w], np.float32)
+  clipped = np.stack([np.clip(b[:, 0], top, top + ch), np.clip(b[:, 1], left, left + cw),
+                      np.clip(b[:, 2], top, top + ch), np.clip(b[:, 3], left, left + cw)], 1)
+  area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+  visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+  keep = (np.arange(len(b)) < num_boxes) & (visible > 0) & (visible >= min_visible * area)
+  out = (clipped - np.array([top, left, top, left], np.float32)) / np.array([ch, cw, ch, cw],
+                                                                            np.float32)
+  return np.where(keep[:, None], out, 0.0).astype(np.float32), keep
+
+
+def compact_boxes(boxes: np.ndarray, labels: np.ndarray, keep: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.int32]:
+  """Moves kept rows first (order preserved), zeroes the rest; returns (boxes, labels, count)."""
+  order = np.argsort(~keep, kind='stable')
+  count = int(keep.sum())
+  boxes, labels = boxes[order].copy(), labels[order].copy()
+  boxes[count:], labels[count:] = 0, 0
+  return boxes, labels, np.int32(count)
+
+
+def random_resized_crop_sample(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray,
+                               box_labels: np.ndarray, num_boxes: int, rng: np.random.Generator,
+                               out_size_px: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> dict:
+  """One random resized crop applied to an image, its mask and its boxes (multi-task targets)."""
+  plane = _as_2d(image)
+  crop = random_resized_crop_box(plane.shape[0], plane.shape[1], rng, scale, ratio)
+  top, left, ch, cw = crop
+  out_image = _resize_2d(plane[top:top + ch, left:left + cw], out_size_px, out_size_px)
+  out_mask = cv2.resize(np.ascontiguousarray(_as_2d(mask)[top:top + ch, left:left + cw]),
+                        (out_size_px, out_size_px), interpolation=cv2.INTER_NEAREST)
+  cropped, keep = crop_boxes(boxes, num_boxes, crop, plane.shape)
+  cropped, box_labels, count = compact_boxes(cropped, np.asarray(box_labels), keep)
+  return {'image': out_image[..., None], 'mask': out_mask[..., None], 'boxes': cropped,
+          'box_labels': box_labels, 'num_boxes': count}
+
+
+def center_resize_sample(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray,
+                         box_labels: np.ndarray, num_boxes: int, out_size_px: int) -> dict:
+  """`center_resize` of an image, its mask and its boxes (evaluation)."""
+  h, w = _as_2d(image).shape
+  side = min(h, w)
+  crop = ((h - side) // 2, (w - side) // 2, side, side)
+  cropped, keep = crop_boxes(boxes, num_boxes, crop, (h, w), min_visible=0.0)
+  cropped, box_labels, count = compact_boxes(cropped, np.asarray(box_labels), keep)
+  return {'image': center_resize(image, out_size_px),
+          'mask': center_resize(mask, out_size_px, labels=True), 'boxes': cropped,
+          'box_labels': box_labels, 'num_boxes': count}
 
 
 def center_resize(image: np.ndarray, out_size_px: int, *, labels: bool = False) -> np.ndarray:

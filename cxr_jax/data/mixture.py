@@ -112,6 +112,9 @@ def source_specs(config) -> list[SourceSpec]:
     return [SourceSpec(name=data.name, split=data.train_split, eval_split=data.eval_split)]
   specs = []
   for entry in entries:
+    if isinstance(entry, str) or not hasattr(entry, 'keys'):
+      raise ValueError(f'config.data.sources entries must be dicts, got {entry!r} (on the '
+                       "command line: --config.data.sources=\"({'name': 'montgomery'},)\")")
     entry = dict(entry)
     unknown = set(entry) - {f.name for f in dataclasses.fields(SourceSpec)}
     if unknown:

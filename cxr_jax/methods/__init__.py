@@ -8,6 +8,7 @@ import importlib
 METHODS = {
     'moco': 'cxr_jax.methods.moco:MoCo',
     'inpainting': 'cxr_jax.methods.inpainting:Inpainting',
+    'multitask': 'cxr_jax.methods.multitask:MultiTask',
 }
 
 

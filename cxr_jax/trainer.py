@@ -93,6 +93,18 @@ def initial_state(config, method, mesh, checkpointer, device_iterator):
   return state, state_shardings
 
 
+def make_train_step(method, mesh, state_shardings):
+  """The jitted training step: state sharded by `state_shardings` and donated, batch split
+  over the mesh's batch axes, metrics replicated; the step's rng is fold_in(state.rng, step)."""
+
+  def step_fn(state, batch):
+    return method.train_step(state, batch, jax.random.fold_in(state.rng, state.step))
+
+  return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains `config.method` in `workdir`; returns the last train and eval metrics."""
   mesh = sharding.make_mesh(config.mesh, config.num_devices)
@@ -116,12 +128,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   state, state_shardings = initial_state(config, method, mesh, checkpointer, train_iter)
   start_step = int(jax.device_get(state.step))
 
-  def step_fn(state, batch):
-    return method.train_step(state, batch, jax.random.fold_in(state.rng, state.step))
-
-  train_step = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                       out_shardings=(state_shardings, sharding.replicated(mesh)),
-                       donate_argnums=(0,))
+  train_step = make_train_step(method, mesh, state_shardings)
   writer = metric_writers.create_writer(workdir, is_main_process=jax.process_index() == 0)
   if start_step == 0:
     writer.write_hparams(config.to_dict())

@@ -1,4 +1,4 @@
-_DOC = """`image_folder`: any folder of class sub-folders (private data, no code needed).
+"""`image_folder`: any folder of class sub-folders (private data, no code needed).
 
 Layout (under the manual dir, `--manual_dir=ROOT`)::
 
@@ -13,7 +13,6 @@ The dataset is named by its builder config: ``image_folder/NAME`` stores at 256 
 ``image_folder/NAME-512`` at 512 px (any of 256 / 512 / 1024), so several private datasets and sizes
 live side by side in one data_dir. Class names are the sorted sub-folder names.
 """
-__doc__ = _DOC
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from cxr_jax.data.builders import base
 
+_DOC = __doc__  # the class body's __doc__ would be the class docstring
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 SPLIT_FOLDERS = {'train': 'train', 'validation': 'validation', 'val': 'validation',
                  'test': 'test'}
@@ -89,7 +89,7 @@ class ImageFolder(base.CxrBuilder):
       raise ValueError('image_folder needs root= (the manual dir) before it is prepared')
     return {
         'label': tfds.features.ClassLabel(names=self.class_names),
-        'lung_mask': base.image_feature(self.image_size),
+        'lung_mask': base.mask_feature(self.image_size),
         'has_mask': tfds.features.Scalar(dtype=np.bool_),
     }
 

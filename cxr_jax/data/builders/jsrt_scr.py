@@ -145,9 +145,9 @@ class JsrtScr(base.CxrBuilder):
   def _features(self):
     return {
         'label': tfds.features.ClassLabel(names=list(LABELS)),
-        'lung_mask': base.image_feature(self.image_size),
-        'heart_mask': base.image_feature(self.image_size),
-        'clavicle_mask': base.image_feature(self.image_size),
+        'lung_mask': base.mask_feature(self.image_size),
+        'heart_mask': base.mask_feature(self.image_size),
+        'clavicle_mask': base.mask_feature(self.image_size),
         'has_mask': tfds.features.Scalar(dtype=np.bool_),
         'objects': base.objects_feature(['nodule']),
         'has_boxes': tfds.features.Scalar(dtype=np.bool_),

@@ -111,7 +111,7 @@ class Montgomery(base.CxrBuilder):
   def _features(self):
     return {
         'label': tfds.features.ClassLabel(names=list(LABELS)),
-        'lung_mask': base.image_feature(self.image_size),
+        'lung_mask': base.mask_feature(self.image_size),
         'has_mask': tfds.features.Scalar(dtype=np.bool_),
     }
 

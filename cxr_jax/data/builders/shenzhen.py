@@ -79,7 +79,7 @@ class Shenzhen(base.CxrBuilder):
   def _features(self):
     return {
         'label': tfds.features.ClassLabel(names=list(montgomery.LABELS)),
-        'lung_mask': base.image_feature(self.image_size),
+        'lung_mask': base.mask_feature(self.image_size),
         'has_mask': tfds.features.Scalar(dtype=np.bool_),
     }
 

@@ -181,7 +181,7 @@ class SiimAcrPneumothorax(base.CxrBuilder):
   def _features(self):
     return {
         'label': tfds.features.ClassLabel(names=list(CLASSES)),
-        'pneumothorax_mask': base.image_feature(self.image_size),
+        'pneumothorax_mask': base.mask_feature(self.image_size),
         'has_mask': tfds.features.Scalar(dtype=np.bool_),
     }
 

@@ -96,8 +96,10 @@ def _render_parallel(seed, indices, size, num_workers, start_method):
 class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
   """Procedurally rendered chest X-rays with lung masks and opacity boxes."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Images stored uncompressed (zlib saved ~13 % but cost as much '
+                            'read time as the augmentation); masks stay zlib-compressed.'}
   BUILDER_CONFIGS = [
       SyntheticCxrConfig(
           name='default',
@@ -133,11 +135,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size_px
-    image_spec = dict(
-        shape=(size, size, 1),
-        dtype=np.uint8,
-        encoding=tfds.features.Encoding.ZLIB,
-    )
+    image_spec = dict(shape=(size, size, 1), dtype=np.uint8)
     return self.dataset_info_from_configs(
         description=(
             'Procedural frontal chest radiographs. Classes: '
@@ -146,7 +144,8 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
         ),
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Tensor(**image_spec),
-            'lung_mask': tfds.features.Tensor(**image_spec),
+            'lung_mask': tfds.features.Tensor(**image_spec,
+                                              encoding=tfds.features.Encoding.ZLIB),
             'label': tfds.features.ClassLabel(names=list(synthetic.CLASS_NAMES)),
             'objects': tfds.features.Sequence({
                 'bbox': tfds.features.BBoxFeature(),

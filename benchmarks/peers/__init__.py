@@ -1,0 +1,1 @@
+"""Peer implementations (other frameworks) measured against cxr_jax; see moco_torch.py."""

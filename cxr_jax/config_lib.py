@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = 'validation'
   c.data.manual_dir = ''               # real datasets: the manual download (see data/builders)
   c.data.skip_bad = False              # skip (and count) bad source files instead of stopping
+  c.data.flat_cache = True             # read a decoded copy of each split (data/flat_cache.py)
   # Several datasets in one pipeline: tuple of dicts, see cxr_jax/data/mixture.py. () = data.name.
   c.data.sources = ()
   c.data.class_names = ()              # classification label space; () = the first source's

@@ -296,7 +296,8 @@ class Mixture:
       data = self.config.data
       self._sources[index, split] = datasets.load_source(
           self.specs[index].name, split, data.data_dir,
-          manual_dir=data.get('manual_dir') or None, skip_bad=bool(data.get('skip_bad', False)))
+          manual_dir=data.get('manual_dir') or None, skip_bad=bool(data.get('skip_bad', False)),
+          flat_cache=bool(data.get('flat_cache', True)))
     return self._sources[index, split]
 
   def num_train_examples(self) -> int:

@@ -19,15 +19,10 @@ Modes (`--modes`): `threads` (config.data.num_workers = 0: grain read threads in
 own read threads; default workers1 and workers2).
 
 Variants (`--variants`), all with the same sampling:
-  * `current`: exactly what the trainer does (`datasets.load_source` decodes every feature).
-  * `skip_unused`: the source decodes only what MoCo reads: `lung_mask` is left as its zlib bytes
-    (`tfds.decode.SkipDecoding()`), and (mixture pipelines) the source provides only labels, so
-    no mask is standardised.
-  * `fast`: `skip_unused` plus `benchmarks.fast_augment` (bilinear below a 2x shrink, views
-    resized into a preallocated output).
-  * `flat`: `fast`, reading a copy of the split in a minimal record format (label, shape, raw
-    uncompressed pixels; `benchmarks.flat_records`), written once to --flat_dir: what storing the
-    image without zlib and without tf.train.Example / TFDS feature decoding would give.
+  * `current`: exactly what the trainer does: the sources are read through the flat cache
+    (`cxr_jax.data.flat_cache`, a decoded copy of each split written on first use).
+  * `tfds`: the same with `config.data.flat_cache=False`: every example parsed from its
+    tf.train.Example and decoded by TFDS (what the cache saves).
 
 Per core: during the timed window (after `--warmup_batches`, which also drain the prefetch
 buffers), the CPU time (user + system) of this process and all its live descendant processes
@@ -41,15 +36,10 @@ transform, batching, timed per phase with process CPU time) and prints a cProfil
 
 from __future__ import annotations
 
-import contextlib
 import cProfile
-import functools
-import inspect
 import io
-import os
 import pstats
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -58,7 +48,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from benchmarks import common
-from benchmarks import flat_records
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/moco.py', 'Config whose method supplies train_transform().',
@@ -72,12 +61,10 @@ _THREADS = flags.DEFINE_integer('num_threads', 0,
 _PREFETCH = flags.DEFINE_integer('prefetch', 0, 'grain prefetch buffer (0: config.data.prefetch).')
 _MODES = flags.DEFINE_list('modes', ['threads', 'workers1', 'workers2'],
                            'Modes to run: threads, workersN (N grain worker processes).')
-_VARIANTS = flags.DEFINE_list('variants', ['current', 'skip_unused', 'fast', 'flat'],
+_VARIANTS = flags.DEFINE_list('variants', ['current', 'tfds'],
                               'Variants to run.')
 _PROFILE = flags.DEFINE_bool('profile', False, 'Also profile the work inline on one thread.')
 _PROFILE_N = flags.DEFINE_integer('profile_examples', 512, 'Examples for --profile.')
-_FLAT_DIR = flags.DEFINE_string('flat_dir', '', 'Where the flat variant writes its copy of the '
-                                'split (default: a temporary directory, deleted at exit).')
 _JSON_OUT = flags.DEFINE_string('json_out', '', 'Also append the JSON line to this file.')
 
 
@@ -91,82 +78,19 @@ def mode_workers(mode: str) -> int:
   raise ValueError(f'mode {mode!r} is not threads or workersN (N >= 1)')
 
 
-VARIANTS = ('current', 'skip_unused', 'fast', 'flat')
+VARIANTS = ('current', 'tfds')
 
 
 def trainer_input(config):
-  """What the trainer hands `pipeline.make_train_iterator`: a `mixture.Mixture` of the configured
-  sources where the pipeline takes one, else (older trainers) the decoded train split."""
-  from cxr_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  from cxr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  params = list(inspect.signature(pipeline.make_train_iterator).parameters)
-  if len(params) > 1 and params[1] == 'mixture':
-    from cxr_jax.data import mixture  # pylint: disable=g-import-not-at-top
-    return mixture.Mixture(config)
-  source, _ = datasets.load_source(config.data.name, config.data.train_split, config.data.data_dir)
-  return source
-
-
-@contextlib.contextmanager
-def decode_only(keep: tuple[str, ...] = ('image', 'label')):
-  """While active, `datasets.load_source` leaves every tensor feature not in `keep` undecoded
-  (`tfds.decode.SkipDecoding()`: the stored zlib bytes are passed through, not inflated)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from cxr_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  original = datasets.load_source
-
-  def load_source(name, split, data_dir=None, **kwargs):
-    builder = datasets.prepare(name, data_dir, **kwargs)
-    features = builder.info.features
-    skip = {k: tfds.decode.SkipDecoding() for k in features.keys()
-            if k not in keep and isinstance(features[k], tfds.features.Tensor)}
-    return builder.as_data_source(split, decoders=skip), builder.info
-
-  datasets.load_source = load_source
-  try:
-    yield
-  finally:
-    datasets.load_source = original
-
-
-@contextlib.contextmanager
-def flat_storage(flat_dir: str):
-  """While active, `datasets.load_source` returns FlatSource copies of the splits (written to
-  `flat_dir` on first use) with the dataset's info."""
-  from cxr_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  original = datasets.load_source
-
-  def load_source(name, split, data_dir=None, **kwargs):
-    source, info = original(name, split, data_dir, **kwargs)
-    path = os.path.join(flat_dir, f'{name.replace("/", "-")}-{split}.flat.array_record')
-    flat_records.write_flat(source, path)
-    return flat_records.FlatSource(path), info
-
-  datasets.load_source = load_source
-  try:
-    yield
-  finally:
-    datasets.load_source = original
+  """What the trainer hands `pipeline.make_train_iterator`: the configured sources."""
+  from cxr_jax.data import mixture  # pylint: disable=g-import-not-at-top
+  return mixture.Mixture(config)
 
 
 def variant_config(config, variant: str):
-  """The config for a variant: skip_unused / fast declare that MoCo needs only image and label
-  (with a mixture-based pipeline: `provides=('label',)`, so no mask is standardised)."""
   config = config.copy_and_resolve_references()
-  if variant != 'current' and 'sources' in config.data and not config.data.sources:
-    config.data.sources = (dict(name=config.data.name, split=config.data.train_split,
-                                eval_split=config.data.eval_split, provides=('label',)),)
+  config.data.flat_cache = variant == 'current'
   return config
-
-
-def make_transform(method, variant: str):
-  transform = method.train_transform()
-  if variant not in ('fast', 'flat'):
-    return transform
-  from benchmarks import fast_augment  # pylint: disable=g-import-not-at-top
-  if not isinstance(transform, functools.partial) or method.config.method != 'moco':
-    raise ValueError('the fast variant exists for the MoCo transform only')
-  return functools.partial(fast_augment.two_view_transform_fast, **transform.keywords)
 
 
 def measure(config, train_input, transform, *, batch: int, batches: int, warmup: int,
@@ -207,9 +131,11 @@ def profile_inline(config, train_input, transform, n: int, batch: int) -> dict[s
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cxr_jax.data import datasets  # pylint: disable=g-import-not-at-top
   n = max(batch, n - n % batch)
-  source, _ = datasets.load_source(config.data.name, config.data.train_split, config.data.data_dir)
+  source, _ = datasets.load_source(config.data.name, config.data.train_split, config.data.data_dir,
+                                   flat_cache=bool(config.data.flat_cache))
   standardizers = getattr(train_input, 'standardizers', None)
   standardize = standardizers[0] if standardizers else (lambda ex: ex)
+  # TFDS sources: time the record read and the decoding apart; the flat cache does both in [].
   raw = getattr(source, 'data_source', None)
   phases = {'read_record': 0.0, 'decode_example': 0.0, 'standardize': 0.0, 'rng': 0.0,
             'transform': 0.0, 'batch_stack': 0.0}
@@ -283,21 +209,14 @@ def main(argv):
     if variant not in VARIANTS:
       sys.exit(f'error: --variants: {variant!r} is not one of {", ".join(VARIANTS)}')
     vconfig = variant_config(config, variant)
-    transform = make_transform(method, variant)
-    with contextlib.ExitStack() as stack:
-      if variant == 'flat':
-        flat_dir = _FLAT_DIR.value or stack.enter_context(
-            tempfile.TemporaryDirectory(prefix='cxr_flat_'))
-        stack.enter_context(flat_storage(flat_dir))
-      elif variant != 'current':
-        stack.enter_context(decode_only(('image', 'label')))
-      train_input = trainer_input(vconfig)
-      if _PROFILE.value:
-        prof = profile_inline(vconfig, train_input, transform, _PROFILE_N.value, _BATCH.value)
-        print(f'\n[{variant}] cProfile of the inline loop (read + decode + transform):')
-        print(prof.pop('cprofile_text'))
-        record['profile'][variant] = prof
-        common.print_table(f'[{variant}] inline, one thread: CPU us per image', [
+    transform = method.train_transform()
+    train_input = trainer_input(vconfig)
+    if _PROFILE.value:
+      prof = profile_inline(vconfig, train_input, transform, _PROFILE_N.value, _BATCH.value)
+      print(f'\n[{variant}] cProfile of the inline loop (read + decode + transform):')
+      print(prof.pop('cprofile_text'))
+      record['profile'][variant] = prof
+      common.print_table(f'[{variant}] inline, one thread: CPU us per image', [
             *[(k, v) for k, v in prof['per_image_us'].items()],
             ('total', prof['total_us']),
             ('=> images/s per core (inline, no grain)', prof['inline_images_per_core_s']),

@@ -144,6 +144,16 @@ def read_image(path) -> np.ndarray:
   return _to_uint8(array, path)
 
 
+def read_dicom_pixels(path) -> np.ndarray:
+  """Display-ready uint8 [H, W] of a DICOM file (`cxr_jax.data.dicom` rules); an unreadable
+  file raises BadInputError with the reader's one-line message."""
+  from cxr_jax.data import dicom  # pylint: disable=g-import-not-at-top
+  try:
+    return np.asarray(dicom.read_dicom(path).pixels)
+  except dicom.DicomReadError as e:
+    raise BadInputError(str(e)) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Letterbox:
   """Maps a source image of shape `source_hw` into the stored `size` x `size` square."""

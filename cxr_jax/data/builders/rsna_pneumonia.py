@@ -17,7 +17,6 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cxr_jax.data import dicom
 from cxr_jax.data.builders import base
 
 # Source class strings (stage_2_detailed_class_info.csv) -> stored ClassLabel names.
@@ -65,14 +64,6 @@ _CITATION = """@article{shih2019rsnapneumonia,
   year    = {2019},
   doi     = {10.1148/ryai.2019180041},
 }"""
-
-
-def read_dicom_pixels(path) -> np.ndarray:
-  """Display-ready uint8 [H, W]; an unreadable file raises BadInputError (same message)."""
-  try:
-    return np.asarray(dicom.read_dicom(path).pixels)
-  except dicom.DicomReadError as e:
-    raise base.BadInputError(str(e)) from None
 
 
 def _box(row: dict, where: str) -> list[float]:
@@ -141,7 +132,7 @@ class RsnaPneumonia(base.CxrBuilder):
         raise base.BadInputError(f'{LABELS_CSV} {where}: Target is {target!r}, not 0 or 1')
     if bool(xywh) != (label == 'lung_opacity'):
       raise base.BadInputError(f'{where}: {len(xywh)} boxes but class {label!r}')
-    pixels = read_dicom_pixels(path)
+    pixels = base.read_dicom_pixels(path)
     letterbox = base.Letterbox(pixels.shape, size)
     objects = base.empty_objects()
     if xywh:

@@ -136,14 +136,6 @@ def pseudonym_salt(source: str) -> str:
   return os.environ.get(SALT_ENV) or f'cxr_jax/{source}/public-default-salt'
 
 
-def read_dicom_pixels(path) -> np.ndarray:
-  """Display-ready uint8 [H, W]; an unreadable file raises BadInputError (same message)."""
-  try:
-    return np.asarray(dicom.read_dicom(path).pixels)
-  except dicom.DicomReadError as e:
-    raise base.BadInputError(str(e)) from None
-
-
 def index_dicoms(folder: epath.Path) -> dict[str, epath.Path]:
   """File stem (the SOPInstanceUID in these releases) -> path, for every .dcm under `folder`."""
   if not folder.is_dir():
@@ -215,7 +207,7 @@ class SiimAcrPneumothorax(base.CxrBuilder):
     if path is None:
       raise base.BadInputError(f'{image_id}.dcm: file not found under {folder} '
                                f'(named in {RLE_CSV})')
-    pixels = read_dicom_pixels(path)
+    pixels = base.read_dicom_pixels(path)
     if not item.patient_id:
       raise base.BadInputError(f'{path}: no PatientID to split by')
     h, w = pixels.shape

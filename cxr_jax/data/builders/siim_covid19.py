@@ -174,7 +174,7 @@ class SiimCovid19(base.CxrBuilder):
       raise base.BadInputError(f'{IMAGE_CSV} {where}: empty StudyInstanceUID')
     label = _study_label(study_row, f'{where} (study {study})')
     x1y1x2y2 = parse_label_boxes(row.get('label', ''), f'{IMAGE_CSV} {where}')
-    pixels = _dicom_helpers.read_dicom_pixels(path)
+    pixels = base.read_dicom_pixels(path)
     if not item.patient_id:
       raise base.BadInputError(f'{path}: no PatientID to split by')
     h, w = pixels.shape

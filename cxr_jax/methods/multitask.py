@@ -168,6 +168,7 @@ class MultiTask(base.Method):
       raise ValueError('detection head without box classes: set config.data.box_class_names '
                        'or use a source with `objects`')
     super().__init__(config, num_train_steps, targets)
+    self.jit_predict = jax.jit(self._predict)
 
   def build_model(self, rngs):
     model = MultiTaskNet(self.config, num_classes=max(len(self.class_names), 1),
@@ -274,17 +275,15 @@ class MultiTask(base.Method):
 
   def evaluate(self, state, evaluator):
     """Metrics over the eval split of every source that provides a target."""
-    predict = getattr(self, '_jit_predict', None) or jax.jit(self._predict)
-    self._jit_predict = predict
     rows = {k: [] for k in ('valid', 'label', 'labels', 'has_label', 'mask', 'has_mask',
                             'boxes', 'box_labels', 'num_boxes', 'has_boxes')}
     pred_rows: dict[str, list] = {}
     for index in range(len(evaluator.mixture.specs)):
       split = evaluator.mixture.specs[index].eval_split
       for batch in evaluator.batches(split, self.eval_transform(), source_index=index):
-        preds = predict(state, batch['image'])
-        host = metrics_lib.gather(jax.device_get(
-            {**{k: batch[k] for k in rows}, **{f'pred/{k}': v for k, v in preds.items()}}))
+        preds = self.jit_predict(state, batch['image'])
+        host = _to_host({**{k: batch[k] for k in rows},
+                         **{f'pred/{k}': v for k, v in preds.items()}})
         for k in rows:
           rows[k].append(np.asarray(host[k]))
         for k, v in host.items():
@@ -341,6 +340,14 @@ class MultiTask(base.Method):
       truths.append((data['boxes'][i, :m], data['box_labels'][i, :m]))
     return metrics_lib.detection_report(detections, truths, self.box_class_names,
                                         interpolation=cfg.ap_interpolation)
+
+
+def _to_host(tree):
+  """Global (sharded) arrays -> full numpy arrays on every host (all-gather across hosts)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
 
 
 def _targets(example, sample):

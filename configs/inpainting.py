@@ -7,8 +7,8 @@ L1 on the holes + 0.05 x L1 on the visible pixels, AdamW lr 1e-3 x B/256, cosine
   python -m cxr_jax.main --config=configs/inpainting.py --workdir=/runs/inpaint_r50 \
       --config.data.name=synthetic_cxr
 
-CPU variant (ResNet-18 at 1/4 width, 64 px, a few minutes on 2 cores; see the README for the
-measured masked-L1 and kNN figures):
+CPU variant (ResNet-18 at 1/4 width, 64 px, holes over 40-60 % of the lung fields, a few minutes
+on 2 cores; see the README for the measured masked-L1 and kNN figures):
 
   python -m cxr_jax.main --config=configs/inpainting.py:cpu --workdir=/tmp/cxr_inpaint
 
@@ -55,8 +55,14 @@ def get_config(arg=None):
   if variant == 'cpu':
     config_lib.shrink_for_cpu(c)
     c.decoder.widths = (64, 32, 32, 16)
-    c.num_epochs = 10                       # 312 steps
-    c.optim.base_lr = 4e-3                  # x 64/256 = 1e-3
+    # Holes over 40-60 % of the lung fields, not 15-35 % of the image: with the paper's holes
+    # the 64 px encoder learns intensity interpolation and its kNN stays at the random encoder's
+    # (30.0 % vs 32.4 %); hiding most of the lungs makes it infer lung content from context
+    # (48.0 %, see the README).
+    c.masks.restrict_to_region = True
+    c.masks.area_fraction = (0.4, 0.6)
+    c.num_epochs = 15                       # 468 steps
+    c.optim.base_lr = 8e-3                  # x 64/256 = 2e-3
     c.optim.warmup_steps = 30
     c.eval_every_steps = 156
     c.checkpoint.every_steps = 104

@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from cxr_jax import checkpoint as ckpt_lib
 from cxr_jax import methods
@@ -37,13 +38,18 @@ def test_moco_cpu_run_beats_random_encoder_by_10_points_knn(synthetic_default_di
   late = np.mean([losses[s] for s in steps[-3:]])
   assert late < early - 0.05, (early, late)
 
-  # Same kNN probe on the trained encoder and on the untrained initialisation of the same run.
+  trained, untrained = knn_trained_and_random(config, workdir, total)
+  assert trained >= untrained + 0.10, (trained, untrained)
+
+
+def knn_trained_and_random(config, workdir: str, total_steps: int) -> tuple[float, float]:
+  """The same kNN probe on the run's final encoder and on its untrained initialisation."""
   mesh = sharding.make_mesh(config.mesh, 1)
-  method = methods.get('moco')(config, total)
+  method = methods.get(config.method)(config, total_steps)
   evaluator = trainer.Evaluator(config, mesh)
   random_state = jax.jit(method.init)(jax.random.PRNGKey(config.seed))
   arrays, step = ckpt_lib.load_state_arrays(workdir)
-  assert step == total
+  assert step == total_steps
   trained_state, copied = ckpt_lib.init_from(random_state, arrays, include='^(params|model_state)/')
   assert copied
 
@@ -54,11 +60,12 @@ def test_moco_cpu_run_beats_random_encoder_by_10_points_knn(synthetic_default_di
                             temperature=config.eval.knn.temperature)
 
   trained, untrained = knn(trained_state), knn(random_state)
-  print(f'kNN accuracy: trained {trained:.4f}, random init {untrained:.4f}')
-  assert trained >= untrained + 0.10, (trained, untrained)
+  print(f'{config.method} kNN accuracy: trained {trained:.4f}, random init {untrained:.4f}')
+  return trained, untrained
 
 
-def test_inpainting_cpu_run_beats_mean_fill_by_30_percent(synthetic_default_dir, tmp_path):
+def test_inpainting_cpu_run_beats_mean_fill_by_30_percent_and_random_knn_by_5_points(
+    synthetic_default_dir, tmp_path):
   workdir = str(tmp_path / 'inpaint')
   util.run_main('--config=configs/inpainting.py:cpu', f'--workdir={workdir}',
                 f'--config.data.data_dir={synthetic_default_dir}', timeout=900)
@@ -73,3 +80,10 @@ def test_inpainting_cpu_run_beats_mean_fill_by_30_percent(synthetic_default_dir,
   acc = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
   acc.Reload()
   assert 'eval/reconstructions' in acc.Tags()['tensors']
+
+  config = util.apply_flags(util.load_config('configs/inpainting.py', 'cpu'),
+                            [f'--config.data.data_dir={synthetic_default_dir}'])
+  total = max(util.train_losses(workdir))
+  trained, untrained = knn_trained_and_random(config, workdir, total)
+  assert trained == pytest.approx(final['eval/knn_accuracy'], abs=1e-6)
+  assert trained >= untrained + 0.05, (trained, untrained)

@@ -69,26 +69,27 @@ def test_a_head_ignores_examples_without_its_target(tiny_data_dir):
   base = losses(state, batch)
   assert set(base) == {'classification', 'segmentation', 'detection'}
 
-  changed = {k: v.copy() for k, v in batch.items()}
-  no_label, no_mask, no_boxes = ~batch['has_label'], ~batch['has_mask'], ~batch['has_boxes']
-  changed['label'][no_label] = (changed['label'][no_label] + 1) % 4
-  changed['mask'][no_mask] = 1 - changed['mask'][no_mask]
-  changed['boxes'][no_boxes, :2] = [[0.0, 0.0, 0.3, 0.3], [0.6, 0.6, 1.0, 1.0]]
-  changed['num_boxes'][no_boxes] = 2
-  after = losses(state, changed)
+  # Edit every target of the examples that lack it: no head's loss moves.
+  after = losses(state, _edit_targets(batch, carried=False))
   for head in base:
     assert float(after[head]) == pytest.approx(float(base[head]), rel=1e-6, abs=1e-7), head
 
   # The same edits on examples that do carry the target change every head's loss.
-  changed = {k: v.copy() for k, v in batch.items()}
-  has_label, has_mask, has_boxes = batch['has_label'], batch['has_mask'], batch['has_boxes']
-  changed['label'][has_label] = (changed['label'][has_label] + 1) % 4
-  changed['mask'][has_mask] = 1 - changed['mask'][has_mask]
-  changed['boxes'][has_boxes, :2] = [[0.0, 0.0, 0.3, 0.3], [0.6, 0.6, 1.0, 1.0]]
-  changed['num_boxes'][has_boxes] = 2
-  after = losses(state, changed)
+  after = losses(state, _edit_targets(batch, carried=True))
   for head in base:
     assert abs(float(after[head]) - float(base[head])) > 1e-4, head
+
+
+def _edit_targets(batch, carried: bool):
+  """A copy of `batch` whose label, mask and boxes differ on the rows where the head's target
+  is present (`carried`) or absent (not `carried`)."""
+  changed = {k: v.copy() for k, v in batch.items()}
+  rows = {k: batch[f'has_{k}'] == carried for k in ('label', 'mask', 'boxes')}
+  changed['label'][rows['label']] = (changed['label'][rows['label']] + 1) % 4
+  changed['mask'][rows['mask']] = 1 - changed['mask'][rows['mask']]
+  changed['boxes'][rows['boxes'], :2] = [[0.0, 0.0, 0.3, 0.3], [0.6, 0.6, 1.0, 1.0]]
+  changed['num_boxes'][rows['boxes']] = 2
+  return changed
 
 
 def test_positive_only_counts_examples_with_findings(tiny_data_dir):

@@ -56,8 +56,8 @@ def get_builder(name: str, data_dir: str | None = None, *, manual_dir: str | Non
                 skip_bad: bool = False):
   check_name(name)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  module = importlib.import_module(BUILDER_MODULES[name.split('/')[0]])
   base = name.split('/')[0]
+  module = importlib.import_module(BUILDER_MODULES[base])
   if base == 'image_folder':
     return _image_folder_builder(module, name, data_dir, manual_dir, skip_bad)
   kwargs = {} if base in GENERATED else {'skip_bad': skip_bad}

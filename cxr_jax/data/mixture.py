@@ -120,14 +120,11 @@ def source_specs(config) -> list[SourceSpec]:
     if unknown:
       raise ValueError(f'config.data.sources entry {entry.get("name")!r} has unknown keys '
                        f'{sorted(unknown)}')
-    for key in ('provides', 'preprocess'):
-      if isinstance(entry.get(key), str):
-        entry[key] = (entry[key],)
+    for key in ('provides', 'preprocess'):  # a single name or a sequence of names
+      if key in entry:
+        entry[key] = (entry[key],) if isinstance(entry[key], str) else tuple(entry[key])
     if 'label_map' in entry:
       entry['label_map'] = tuple(tuple(p) for p in dict(entry['label_map']).items())
-    for key in ('provides', 'preprocess'):
-      if key in entry:
-        entry[key] = tuple(entry[key])
     specs.append(SourceSpec(**entry))
   return specs
 
@@ -201,7 +198,6 @@ class Standardizer:
   def __init__(self, spec: SourceSpec, info, targets: Targets, source_id: int):
     self.spec, self.targets, self.source_id = spec, targets, source_id
     feats = info.features
-    self.image_size = int(feats['image'].shape[0])
     provides = set(spec.provides)
     self.label_map = self.multi_map = None
     if 'label' in provides and 'label' in feats:
@@ -222,10 +218,12 @@ class Standardizer:
     self.body_part = BODY_PARTS.index(spec.body_part or 'chest')
     self._warned_boxes = False
 
-  def __call__(self, example: dict) -> dict:
+  def __call__(self, example: dict, preprocess: bool = True) -> dict:
+    """The standardised example; `preprocess=False` skips the image hooks (for callers that
+    only read the targets)."""
     t = self.targets
     image = np.asarray(example['image'], np.uint8)
-    for hook in self.spec.preprocess:
+    for hook in self.spec.preprocess if preprocess else ():
       image = PREPROCESS[hook](image)
     num_classes = len(t.class_names)
     label, labels, has_label = 0, np.zeros((num_classes,), np.float32), False
@@ -344,10 +342,14 @@ class Mixture:
   def _groups(self, index: int) -> list[tuple[grain.MapDataset, float]]:
     spec = self.specs[index]
     subset = self.train_indices(index)
-    ds = self.split_dataset(index, indices=subset)
     if not spec.balance:
-      return [(ds, 1.0)]
-    keys = np.array([self._balance_key(spec, ds[i]) for i in range(len(ds))])
+      return [(self.split_dataset(index, indices=subset), 1.0)]
+    # One pass over the split reading targets only (no pre-processing hooks).
+    source = self._load(index, spec.split)[0]
+    positions = np.arange(len(source)) if subset is None else subset
+    standardize = self.standardizers[index]
+    keys = np.array([self._balance_key(spec, standardize(source[int(i)], preprocess=False))
+                     for i in positions])
     values = sorted(set(keys.tolist()))
     if spec.balance == 'positive':
       if len(values) < 2:
@@ -359,7 +361,6 @@ class Mixture:
       fractions = {v: 1.0 / len(values) for v in values}
     logging.info('data source %r balanced by %s: %s', spec.name, spec.balance,
                  {v: int(np.sum(keys == v)) for v in values})
-    positions = np.arange(len(ds)) if subset is None else subset
     return [(self.split_dataset(index, indices=positions[keys == v]), fractions[v])
             for v in values]
 

@@ -30,7 +30,6 @@ def get_config(arg=None):
   c.heads.detection.ap_interpolation = 'voc_all'
   c.heads.detection.size_bounds = (0.0, 128.0, 1e8)
   c.optim.lr_multipliers = (('^encoder/', 0.1),)   # pre-trained encoder: smaller steps
-  c.init_from.include = r'^params/encoder/'
   if variant == 'cpu':
     c.data.sources = (
         dict(name='synthetic_cxr', provides=('label', 'boxes'), weight=3.0, balance='label'),

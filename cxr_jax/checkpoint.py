@@ -7,7 +7,7 @@ base RNG key); `data` is each host's grain iterator position. Saves are asynchro
 resumes from the previous complete checkpoint.
 
 `init_from` copies a regex-selected subtree of another workdir's checkpoint into a fresh state:
-  config.init_from = dict(workdir='/runs/moco', step=None, include=r'^params/encoder/')
+  config.init_from = dict(workdir='/runs/moco', step=-1, include=r'^(params|model_state)/encoder/')
 Paths are the '/'-joined keys of the TrainState, e.g. 'params/encoder/stem_conv/kernel'.
 """
 

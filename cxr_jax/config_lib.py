@@ -73,7 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict()
   c.init_from.workdir = ''             # another stage's workdir; '' = start from scratch
   c.init_from.step = -1                # -1 = latest checkpoint there
-  c.init_from.include = r'^params/encoder/'
+  # The encoder's weights and its BatchNorm running statistics (evaluation uses the latter).
+  c.init_from.include = r'^(params|model_state)/encoder/'
   c.init_from.exclude = ''
   return c
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cxr_jax import config_lib
 from cxr_jax import methods
 from cxr_jax.data import augment
 from cxr_jax.methods import multitask
@@ -195,16 +196,21 @@ def test_init_from_moco_copies_exactly_the_encoder_and_checks_shapes(tiny_data_d
                                  util.tiny_moco_overrides(tiny_data_dir))
   moco = methods.get('moco')(moco_config, 10)
   moco_arrays = _flat(jax.jit(moco.init)(jax.random.PRNGKey(7)))
-  state, copied = ckpt_lib.init_from(fresh, moco_arrays, r'^params/encoder/')
+  # Fresh BN statistics are the same in both models: shift MoCo's so a copy is visible.
+  moco_arrays = {k: v + 0.25 if k.startswith('model_state/') else v for k, v in moco_arrays.items()}
+  include = config_lib.base_config().init_from.include     # the default: weights + BN statistics
+  state, copied = ckpt_lib.init_from(fresh, moco_arrays, include)
   after, before = _flat(state), _flat(fresh)
-  encoder = [k for k in after if k.startswith('params/encoder/')]
-  assert copied == sorted(encoder) and len(encoder) > 20
+  encoder = [k for k in after if k.startswith(('params/encoder/', 'model_state/encoder/'))]
+  assert copied == sorted(encoder)
+  assert sum(k.startswith('params/') for k in encoder) > 20
+  assert sum(k.startswith('model_state/') for k in encoder) > 10
   for key, value in after.items():
-    if key.startswith('params/encoder/'):
+    if key in encoder:
       np.testing.assert_array_equal(value, moco_arrays[key])
       assert not np.array_equal(value, before[key]) or value.std() == 0
     else:
-      np.testing.assert_array_equal(value, before[key])   # heads, BN stats, optimizer untouched
+      np.testing.assert_array_equal(value, before[key])   # heads, optimizer untouched
   # A wider MoCo encoder does not fit: one line naming the first offending array.
   wide = methods.get('moco')(util.apply_flags(moco_config, ['--config.model.width=16']), 10)
   wide_arrays = _flat(jax.jit(wide.init)(jax.random.PRNGKey(7)))

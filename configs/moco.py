@@ -57,6 +57,11 @@ def get_config(arg=None):
     # instance task learnable in a few hundred steps (1,024 plateaued near chance, see README).
     c.moco.queue_size = 256
     c.moco.momentum = 0.99            # a short run needs a faster-moving key encoder
+    # At 64 px a blur of sigma up to 2 px wipes out the fine diffuse-disease texture and a 20 %
+    # crop often misses the lesions: without blur and with crops of 50-100 % of the image the
+    # kNN probe rises from 48.0 % to 61.4 % (MoCo-CXR also leaves out blur and random crops).
+    c.aug.blur_prob = 0.0
+    c.aug.crop_scale = (0.5, 1.0)
     c.num_epochs = 15                 # 468 steps
     c.optim.base_lr = 0.48            # x 64/256 = 0.12
     c.optim.warmup_steps = 20

@@ -14,7 +14,7 @@ from cxr_jax.evaluate import probes
 from tests import util
 
 
-def test_moco_cpu_run_beats_random_encoder_by_10_points_knn(synthetic_default_dir, tmp_path):
+def test_moco_cpu_run_beats_random_encoder_by_20_points_knn(synthetic_default_dir, tmp_path):
   data_dir, workdir = synthetic_default_dir, str(tmp_path / 'moco')
   # The README command (the dataset is generated once per test session by the fixture).
   util.run_main('--config=configs/moco.py:cpu', f'--workdir={workdir}',
@@ -39,7 +39,7 @@ def test_moco_cpu_run_beats_random_encoder_by_10_points_knn(synthetic_default_di
   assert late < early - 0.05, (early, late)
 
   trained, untrained = knn_trained_and_random(config, workdir, total)
-  assert trained >= untrained + 0.10, (trained, untrained)
+  assert trained >= untrained + 0.20, (trained, untrained)
 
 
 def knn_trained_and_random(config, workdir: str, total_steps: int) -> tuple[float, float]:

@@ -10,7 +10,7 @@ workdir's encoder (weights and BN statistics) and once per seed from scratch, wi
 prints the validation metrics, their means over seeds and the MoCo - random differences.
 
 With no `--moco_workdir`, MoCo is pre-trained first into WORKDIR/moco: `configs/moco.py:cpu` with
-`--moco_flags` (default: 60 epochs, queue 128; about 10 minutes on 2 cores). The README command's
+`--moco_flags` (default: 60 epochs, queue 128; about 8 minutes on 2 cores). The README command's
 15-epoch encoder is too weak for the claim, see benchmarks/RESULTS.md.
 """
 

@@ -118,6 +118,24 @@ def _resize_2d(plane: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
                     interpolation=interp)
 
 
+def _crop_resize(plane: np.ndarray, crop: tuple[int, int, int, int], out_size_px: int, *,
+                 labels: bool = False) -> np.ndarray:
+  """The (top, left, height, width) `crop` of an [h, w] plane resized to a square [out, out]:
+  nearest-neighbour for label maps (values stay labels), `_resize_2d` for images."""
+  top, left, ch, cw = crop
+  region = plane[top:top + ch, left:left + cw]
+  if labels:
+    return cv2.resize(np.ascontiguousarray(region), (out_size_px, out_size_px),
+                      interpolation=cv2.INTER_NEAREST)
+  return _resize_2d(region, out_size_px, out_size_px)
+
+
+def center_crop_box(h: int, w: int) -> tuple[int, int, int, int]:
+  """(top, left, side, side) of the centred square crop of an h x w image."""
+  side = min(h, w)
+  return (h - side) // 2, (w - side) // 2, side, side
+
+
 def random_resized_crop_box(
     height: int,
     width: int,
@@ -184,10 +202,8 @@ def random_resized_crop(
     uint8 array of shape [out_size_px, out_size_px, 1].
   """
   plane = _as_2d(image)
-  top, left, ch, cw = random_resized_crop_box(
-      plane.shape[0], plane.shape[1], rng, scale, ratio)
-  crop = plane[top:top + ch, left:left + cw]
-  return _resize_2d(crop, out_size_px, out_size_px)[..., None]
+  crop = random_resized_crop_box(plane.shape[0], plane.shape[1], rng, scale, ratio)
+  return _crop_resize(plane, crop, out_size_px)[..., None]
 
 
 def random_resized_crop_pair(image: np.ndarray, label_map: np.ndarray, rng: np.random.Generator,
@@ -201,11 +217,9 @@ def random_resized_crop_pair(image: np.ndarray, label_map: np.ndarray, rng: np.r
   plane, labels = _as_2d(image), _as_2d(label_map)
   if plane.shape != labels.shape:
     raise ValueError(f'image {plane.shape} and label map {labels.shape} differ in size')
-  top, left, ch, cw = random_resized_crop_box(plane.shape[0], plane.shape[1], rng, scale, ratio)
-  crop = _resize_2d(plane[top:top + ch, left:left + cw], out_size_px, out_size_px)
-  label_crop = cv2.resize(np.ascontiguousarray(labels[top:top + ch, left:left + cw]),
-                          (out_size_px, out_size_px), interpolation=cv2.INTER_NEAREST)
-  return crop[..., None], label_crop[..., None]
+  crop = random_resized_crop_box(plane.shape[0], plane.shape[1], rng, scale, ratio)
+  return (_crop_resize(plane, crop, out_size_px)[..., None],
+          _crop_resize(labels, crop, out_size_px, labels=True)[..., None])
 
 
 def crop_boxes(boxes: np.ndarray, num_boxes: int, crop: tuple[int, int, int, int],
@@ -246,10 +260,8 @@ def random_resized_crop_sample(image: np.ndarray, mask: np.ndarray, boxes: np.nd
   """One random resized crop applied to an image, its mask and its boxes (multi-task targets)."""
   plane = _as_2d(image)
   crop = random_resized_crop_box(plane.shape[0], plane.shape[1], rng, scale, ratio)
-  top, left, ch, cw = crop
-  out_image = _resize_2d(plane[top:top + ch, left:left + cw], out_size_px, out_size_px)
-  out_mask = cv2.resize(np.ascontiguousarray(_as_2d(mask)[top:top + ch, left:left + cw]),
-                        (out_size_px, out_size_px), interpolation=cv2.INTER_NEAREST)
+  out_image = _crop_resize(plane, crop, out_size_px)
+  out_mask = _crop_resize(_as_2d(mask), crop, out_size_px, labels=True)
   cropped, keep = crop_boxes(boxes, num_boxes, crop, plane.shape)
   cropped, box_labels, count = compact_boxes(cropped, np.asarray(box_labels), keep)
   return {'image': out_image[..., None], 'mask': out_mask[..., None], 'boxes': cropped,
@@ -259,13 +271,13 @@ def random_resized_crop_sample(image: np.ndarray, mask: np.ndarray, boxes: np.nd
 def center_resize_sample(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray,
                          box_labels: np.ndarray, num_boxes: int, out_size_px: int) -> dict:
   """`center_resize` of an image, its mask and its boxes (evaluation)."""
-  h, w = _as_2d(image).shape
-  side = min(h, w)
-  crop = ((h - side) // 2, (w - side) // 2, side, side)
-  cropped, keep = crop_boxes(boxes, num_boxes, crop, (h, w), min_visible=0.0)
+  plane = _as_2d(image)
+  crop = center_crop_box(*plane.shape)
+  cropped, keep = crop_boxes(boxes, num_boxes, crop, plane.shape, min_visible=0.0)
   cropped, box_labels, count = compact_boxes(cropped, np.asarray(box_labels), keep)
-  return {'image': center_resize(image, out_size_px),
-          'mask': center_resize(mask, out_size_px, labels=True), 'boxes': cropped,
+  return {'image': _crop_resize(plane, crop, out_size_px)[..., None],
+          'mask': _crop_resize(_as_2d(mask), crop, out_size_px, labels=True)[..., None],
+          'boxes': cropped,
           'box_labels': box_labels, 'num_boxes': count}
 
 
@@ -284,13 +296,7 @@ def center_resize(image: np.ndarray, out_size_px: int, *, labels: bool = False) 
     uint8 array of shape [out_size_px, out_size_px, 1].
   """
   plane = _as_2d(image)
-  h, w = plane.shape
-  side = min(h, w)
-  top, left = (h - side) // 2, (w - side) // 2
-  crop = np.ascontiguousarray(plane[top:top + side, left:left + side])
-  if labels:
-    return cv2.resize(crop, (out_size_px, out_size_px), interpolation=cv2.INTER_NEAREST)[..., None]
-  return _resize_2d(crop, out_size_px, out_size_px)[..., None]
+  return _crop_resize(plane, center_crop_box(*plane.shape), out_size_px, labels=labels)[..., None]
 
 
 # ---------------------------------------------------------------------------
